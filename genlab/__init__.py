@@ -1,0 +1,28 @@
+"""genlab: train, sample, evaluate and compare image generative models."""
+
+__version__ = "0.1.0"
+
+from genlab.errors import GenlabError  # noqa: E402
+
+__all__ = ["GenlabError", "__version__", "train", "sample", "load_run"]
+
+
+def train(config):
+    """Train a model from a `RunConfig`; returns the run folder (see genlab.train.loop.train)."""
+    from genlab.train.loop import train as _train
+
+    return _train(config)
+
+
+def sample(run_dir, n, seed=0, labels=None):
+    """Draw `n` uint8 images [n, C, H, W] from a finished run (see genlab.generate.sample_run)."""
+    from genlab.generate import sample_run
+
+    return sample_run(run_dir, n, seed=seed, labels=labels)
+
+
+def load_run(run_dir):
+    """Load a run's config and model (see genlab.generate.load_run)."""
+    from genlab.generate import load_run as _load_run
+
+    return _load_run(run_dir)

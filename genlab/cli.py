@@ -1,0 +1,114 @@
+"""The `genlab` command. Thin: each subcommand parses its flags and calls a public function.
+
+Errors the user can fix (`GenlabError`) are printed as one line, `genlab CMD: error: ...`, with
+exit status 2 (argparse's status for bad usage); Ctrl-C exits with 130 after the loop has saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import genlab
+from genlab.errors import GenlabError
+
+COMMANDS = {
+    "train": "train a model into a run folder",
+    "sample": "draw images from a trained run into an .npz file or a folder of PNGs",
+}
+
+
+def _catalogue() -> str:
+    from genlab.data import DATASETS
+    from genlab.models import MODELS
+
+    lines = ["models:"] + [f"  {n:<16} {e.description}" for n, e in MODELS.items()]
+    lines += ["datasets:"] + [f"  {n:<16} {e.description}" for n, e in DATASETS.items()]
+    return "\n".join(lines)
+
+
+def train_parser(model_name: str) -> argparse.ArgumentParser:
+    from genlab.config import DataConfig, TrainConfig, add_section_flags, model_config_class
+
+    parser = argparse.ArgumentParser(
+        prog="genlab train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a model. Settings come from the defaults, then --config, then flags; "
+                    "the resolved config is saved in the run folder.",
+        epilog=_catalogue() + f"\n\nmodel options above are those of {model_name}; "
+                              "`genlab train --model NAME --help` shows another family's.")
+    parser.add_argument("--config", metavar="YAML", help="YAML config (sections data, model, train)")
+    add_section_flags(parser, "model", model_config_class(model_name))
+    add_section_flags(parser, "data", DataConfig)
+    add_section_flags(parser, "train", TrainConfig)
+    return parser
+
+
+def cmd_train(argv: list[str]) -> int:
+    from genlab.config import apply_overrides, default_config, load_config
+    from genlab.train.loop import train
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--model")
+    known, _ = pre.parse_known_args(argv)
+    base = load_config(known.config, known.model) if known.config else default_config(known.model or "gan-mlp")
+    args = train_parser(base.model.name).parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if "." in k}
+    if "train.minutes" in overrides and not {"train.epochs", "train.steps"} & overrides.keys():
+        overrides.update({"train.epochs": None, "train.steps": None})  # --minutes alone: time decides
+    run = train(apply_overrides(base, overrides))
+    print(f"run folder: {run}  (samples/, loss_curve.png, model.safetensors, config.yaml, log.jsonl)")
+    return 0
+
+
+def cmd_sample(argv: list[str]) -> int:
+    from genlab.generate import sample_run, save_samples
+
+    parser = argparse.ArgumentParser(prog="genlab sample", description=COMMANDS["sample"])
+    parser.add_argument("run", help="run folder made by `genlab train`")
+    parser.add_argument("--n", type=int, default=64, help="number of images")
+    parser.add_argument("--out", required=True,
+                        help="FILE.npz (uint8 `images` [N, H, W] or [N, C, H, W]) or a folder for PNGs")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same images")
+    parser.add_argument("--batch-size", type=int, default=1000, help="images generated per batch")
+    args = parser.parse_args(argv)
+    if args.batch_size <= 0:
+        raise GenlabError(f"--batch-size must be positive, got {args.batch_size}")
+    images = sample_run(args.run, args.n, seed=args.seed, batch_size=args.batch_size)
+    out = save_samples(images, args.out)
+    print(f"wrote {len(images)} images to {out}")
+    return 0
+
+
+HANDLERS = {"train": cmd_train, "sample": cmd_sample}
+
+
+def top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genlab", description="Train, sample, evaluate and compare image generative models.",
+        epilog="`genlab COMMAND --help` explains each command's options.")
+    parser.add_argument("--version", action="version", version=f"genlab {genlab.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in HANDLERS:
+        top_parser().parse_args(argv or ["--help"])  # prints help, version or the usage error
+        return 2
+    command = argv[0]
+    try:
+        return HANDLERS[command](argv[1:])
+    except GenlabError as err:
+        print(f"genlab {command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"genlab {command}: interrupted; what was done so far is saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

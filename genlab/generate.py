@@ -1,0 +1,70 @@
+"""Loading a finished run and drawing samples from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab.config import RunConfig, load_config
+from genlab.errors import GenlabError
+from genlab.models import build_model
+from genlab.train import rundir
+from genlab.train.checkpoint import load_state
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, object, dict]:
+    """(config, model with the run's final weights, run.json) of a run folder."""
+    run = Path(run_dir)
+    if not run.is_dir() or not rundir.is_run(run):
+        raise GenlabError(f"{run} is not a genlab run folder (no config.yaml); pass the folder "
+                          "that `genlab train --out` created")
+    if not (run / rundir.WEIGHTS).is_file():
+        raise GenlabError(f"run {run} has no {rundir.WEIGHTS}: it has not finished; wait for it")
+    config = load_config(run / rundir.CONFIG)
+    meta = rundir.read_json(run / rundir.META)
+    model = build_model(config.model, tuple(meta["image_shape"]), meta["num_classes"], device)
+    state, _ = load_state(run / rundir.WEIGHTS)
+    try:
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise GenlabError(f"{run / rundir.WEIGHTS} does not fit the run's config.yaml: "
+                          f"{str(err).splitlines()[0]}") from None
+    return config, model, meta
+
+
+def sample_run(run_dir: str | Path, n: int, seed: int = 0, labels=None,
+               batch_size: int = 1000) -> torch.Tensor:
+    """`n` uint8 images [n, C, H, W]; the same seed gives the same images."""
+    if n <= 0:
+        raise GenlabError(f"--n must be a positive number of images, got {n}")
+    _, model, _ = load_run(run_dir)
+    generator = torch.Generator().manual_seed(seed)
+    parts = [model.sample(min(batch_size, n - start), generator=generator)
+             for start in range(0, n, batch_size)]
+    return torch.cat(parts)
+
+
+def save_samples(images: torch.Tensor, out: str | Path, labels: torch.Tensor | None = None) -> Path:
+    """`out.npz` (arrays `images` [N, H, W] for one channel or [N, C, H, W], and `labels` when
+    given) or, for any other name, a folder with one PNG per image."""
+    from genlab.report.grids import save_png
+
+    out = Path(out)
+    try:
+        if out.suffix == ".npz":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            arrays = {"images": (images[:, 0] if images.shape[1] == 1 else images).numpy()}
+            if labels is not None:
+                arrays["labels"] = labels.numpy().astype(np.int64)
+            np.savez_compressed(out, **arrays)
+            return out
+        out.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(images):
+            tag = f"_label{int(labels[i])}" if labels is not None else ""
+            save_png(img.permute(1, 2, 0).numpy(), out / f"{i:06d}{tag}.png")
+    except OSError as err:
+        raise GenlabError(f"cannot write samples to {out} ({err.strerror or err}); choose a "
+                          "writable --out") from None
+    return out

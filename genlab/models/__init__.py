@@ -1,0 +1,64 @@
+"""Model families by name.
+
+Every family implements the same small surface (DESIGN.md), so the loop, the metrics and the
+report never ask which family they hold:
+
+- `Family(config, image_shape, num_classes, device)`
+- `train_step(images uint8 [B, C, H, W], labels int64 [B]) -> dict[str, float]`: one optimisation
+  step; the family owns its optimisers and its preprocessing of the uint8 pixels.
+- `sample(n, labels=None, generator=None) -> uint8 [n, C, H, W]` (on the CPU).
+- `state_dict()` / `load_state_dict(state)`: nets, optimisers and EMA, as nested dicts of tensors.
+- optional `log_likelihood(images)` where the family has one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from genlab.errors import GenlabError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    family: type
+    config_class: type
+    description: str
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+FAMILY_METHODS = ("train_step", "sample", "state_dict", "load_state_dict")
+
+
+def register_model(name: str, family: type, config_class: type, description: str) -> None:
+    """Add a model family under `name`, checking it has the family interface and a config whose
+    `name` field defaults to `name` (configs store the name; the registry finds the class)."""
+    if not name or name in MODELS:
+        raise ValueError(f"model name {name!r} is empty or already registered")
+    missing = [m for m in FAMILY_METHODS if not callable(getattr(family, m, None))]
+    if missing:
+        raise TypeError(f"model {name!r}: {family.__name__} lacks {', '.join(missing)}")
+    if not dataclasses.is_dataclass(config_class):
+        raise TypeError(f"model {name!r}: config {config_class!r} is not a dataclass")
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
+    if defaults.get("name") != name:
+        raise ValueError(f"model {name!r}: {config_class.__name__}.name must default to {name!r}")
+    MODELS[name] = ModelEntry(family, config_class, description)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise GenlabError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(config, image_shape: tuple[int, int, int], num_classes: int, device="cpu"):
+    """The family that `config.name` names, built for images of `image_shape` (C, H, W)."""
+    return get_model_entry(config.name).family(config, image_shape, num_classes, device)
+
+
+from genlab.models import gan  # noqa: E402  (registers its models)
+
+register_model("gan-mlp", gan.GanMlp, gan.GanMlpConfig,
+               "the tutorial's MLP GAN: 100 -> 256 -> 512 -> 1024 -> 784, Tanh; Adam 2e-4")

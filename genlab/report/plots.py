@@ -1,0 +1,33 @@
+"""Training curves from a run's log.jsonl, drawn with matplotlib (Agg: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
+    """Losses (keys starting with `loss`) in one panel; other logged values, such as the GAN's
+    D(x) and D(G(z)), in a second one; both against the optimisation step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skip = {"step", "epoch", "images", "time", "img_per_s"}
+    keys = [k for k in (history[0] if history else {}) if k not in skip]
+    losses = [k for k in keys if k.startswith("loss")]
+    others = [k for k in keys if k not in losses]
+    panels = [p for p in (losses, others) if p]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6 * max(len(panels), 1), 4), squeeze=False)
+    steps = [h["step"] for h in history]
+    labels = {"d_real": "D(x)", "d_fake": "D(G(z))", "loss_d": "L_D", "loss_g": "L_G"}
+    for ax, panel in zip(axes[0], panels):
+        for k in panel:
+            ax.plot(steps, [h[k] for h in history], label=labels.get(k, k), linewidth=1)
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

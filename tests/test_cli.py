@@ -1,0 +1,135 @@
+"""The `genlab` command end to end, and one clear line for every kind of bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import torch
+
+from genlab.cli import main
+from tests.train.test_loop import final_weights
+from tests.data.test_sources import write_mnist_folder
+
+TINY = ["--limit", "256", "--batch-size", "32", "--no-progress", "--device", "cpu"]
+
+
+def genlab(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "genlab.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_train_then_sample_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    done = genlab("train", "--model", "gan-mlp", "--dataset", "mnist-sample", "--epochs", "1",
+                  "--out", run, "--seed", "1", *TINY)
+    assert done.returncode == 0, done.stderr
+    assert f"run folder: {run}" in done.stdout and (run / "samples" / "epoch_001.png").is_file()
+
+    done = genlab("sample", run, "--n", "300", "--out", tmp_path / "s.npz", "--seed", "2")
+    assert done.returncode == 0, done.stderr
+    images = np.load(tmp_path / "s.npz")["images"]
+    assert images.shape == (300, 28, 28) and images.dtype == np.uint8
+    assert genlab("sample", run, "--n", "300", "--out", tmp_path / "t.npz", "--seed", "2").returncode == 0
+    assert np.array_equal(images, np.load(tmp_path / "t.npz")["images"])
+
+    assert genlab("sample", run, "--n", "5", "--out", tmp_path / "pngs", "--seed", "2").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir())[0] == "000000.png"
+    assert len(list((tmp_path / "pngs").iterdir())) == 5
+
+
+def test_config_file_with_flag_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  steps: 3\n  seed: 5\n  batch_size: 16\n"
+                                     "data:\n  limit: 64\nmodel:\n  lr: 0.001\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"),
+                 "--seed", "9", "--no-progress"]) == 0
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "seed: 9" in saved and "lr: 0.001" in saved and "steps: 3" in saved
+    # the saved config repeats the run
+    assert main(["train", "--config", str(tmp_path / "r" / "config.yaml"), "--out", str(tmp_path / "r2")]) == 0
+    first, again = final_weights(tmp_path / "r"), final_weights(tmp_path / "r2")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_minutes_alone_replaces_the_epoch_budget(tmp_path):
+    assert main(["train", "--minutes", "0.005", "--out", str(tmp_path / "r"), *TINY]) == 0
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "epochs: null" in saved and "minutes: 0.005" in saved
+
+
+def bad(capsys, *argv):
+    code = main(list(map(str, argv)))
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "gan-xl"], "unknown model 'gan-xl'; known models: gan-mlp"),
+    (["--dataset", "cifar"], "unknown dataset 'cifar'; known datasets: mnist-sample, mnist, fashion-mnist, folder"),
+    (["--batch-size", "0"], "batch_size must be positive, got 0"),
+    (["--batch-size", "-3"], "batch_size must be positive, got -3"),
+    (["--epochs", "0"], "epochs must be positive, got 0"),
+    (["--epochs", "-2"], "epochs must be positive, got -2"),
+    (["--minutes", "0"], "minutes must be positive, got 0.0"),
+    (["--dataset", "mnist", "--data-dir", "/no/such/folder"], "data folder /no/such/folder does not exist"),
+    (["--dataset", "folder"], "needs --data-dir"),
+])
+def test_bad_options_get_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    code, err = bad(capsys, "train", "--out", tmp_path / "r", *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("genlab train: error: ")
+    assert not (tmp_path / "r").exists()  # nothing half-made is left
+
+
+def test_corrupt_and_mismatched_idx_files(tmp_path, capsys):
+    folder = write_mnist_folder(tmp_path / "m", gz=False, label_count=11)
+    code, err = bad(capsys, "train", "--dataset", "mnist", "--data-dir", folder, "--out", tmp_path / "r")
+    assert code == 2 and "12 images but" in err
+    folder = write_mnist_folder(tmp_path / "m2", gz=True)
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-30])
+    code, err = bad(capsys, "train", "--dataset", "mnist", "--data-dir", folder, "--out", tmp_path / "r")
+    assert code == 2 and "damaged gzip" in err
+
+
+def test_non_image_in_folder_dataset(tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "readme.md").write_text("#")
+    code, err = bad(capsys, "train", "--dataset", "folder", "--data-dir", tmp_path / "imgs", "--out", tmp_path / "r")
+    assert code == 2 and "readme.md is not an image" in err
+
+
+def test_unknown_yaml_key_is_named(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("train:\n  batchsize: 8\n")
+    code, err = bad(capsys, "train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "r")
+    assert code == 2 and "unknown key `batchsize` (did you mean `batch_size`?)" in err
+
+
+def test_existing_run_and_unwritable_out(tmp_path, capsys):
+    assert main(["train", "--steps", "2", "--out", str(tmp_path / "r"), *TINY]) == 0
+    code, err = bad(capsys, "train", "--steps", "2", "--out", tmp_path / "r", *TINY)
+    assert code == 2 and "already holds a genlab run; pass --overwrite" in err
+    assert main(["train", "--steps", "2", "--out", str(tmp_path / "r"), "--overwrite", *TINY]) == 0
+    (tmp_path / "f").write_text("")
+    code, err = bad(capsys, "train", "--steps", "2", "--out", tmp_path / "f" / "r", *TINY)
+    assert code == 2 and "cannot write to output folder" in err
+
+
+def test_sample_bad_inputs(tmp_path, capsys):
+    code, err = bad(capsys, "sample", tmp_path, "--out", tmp_path / "s.npz")
+    assert code == 2 and "not a genlab run folder" in err
+    assert main(["train", "--steps", "1", "--out", str(tmp_path / "r"), *TINY]) == 0
+    code, err = bad(capsys, "sample", tmp_path / "r", "--n", "0", "--out", tmp_path / "s.npz")
+    assert code == 2 and "--n must be a positive number" in err
+
+
+def test_argparse_type_errors_and_help_exit_cleanly(tmp_path):
+    done = genlab("train", "--epochs", "many")
+    assert done.returncode == 2 and "expected a int, got 'many'" in done.stderr
+    assert "Traceback" not in done.stderr
+    help_text = genlab("train", "--help").stdout
+    for flag in ("--model", "--dataset", "--epochs", "--minutes", "--out", "--seed", "--overwrite", "--g-loss"):
+        assert flag in help_text
+    assert "mnist-sample" in help_text and "gan-mlp" in help_text
+    assert "train" in genlab("--help").stdout and genlab("nonsense").returncode == 2
