@@ -86,8 +86,9 @@ class Recorder:
         self.count = 0
         self.window_start = time.monotonic()
         self.window_images = 0
-        self.bar = tqdm(total=total_steps, disable=not cfg.progress, unit="step", dynamic_ncols=True,
-                        file=sys.stderr, mininterval=0.5)
+        # a bar only on a terminal; logs (CI, nohup) get the one line per epoch from `say`
+        self.bar = tqdm(total=total_steps, disable=not (cfg.progress and sys.stderr.isatty()), unit="step",
+                        dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
 
     def step(self, state: LoopState, logs: dict[str, float], batch: int, started: float) -> None:
         for k, v in logs.items():
@@ -109,7 +110,8 @@ class Recorder:
         state.history.append(line)
         self.log.write(json.dumps(line) + "\n")
         self.log.flush()
-        shown = {k: f"{v:.3g}" for k, v in line.items() if k not in ("step", "images", "time")}
+        shown = {k: f"{v:.0f}" if k == "img_per_s" else f"{v:.3g}"
+                 for k, v in line.items() if k not in ("step", "images", "time")}
         self.bar.set_postfix(shown, refresh=False)
         self.sums, self.count, self.window_images, self.window_start = {}, 0, 0, now
 
@@ -120,7 +122,7 @@ class Recorder:
                   self.run / rundir.SAMPLES / f"{name}.png")
 
     def say(self, text: str) -> None:
-        self.bar.write(text, file=sys.stderr) if self.cfg.progress else print(text, file=sys.stderr)
+        self.bar.write(text, file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()
@@ -158,7 +160,8 @@ def run_loop(model, data: ImageSet, cfg: TrainConfig, run: Path, device: torch.d
                 state.epoch += 1
                 rec.grid(f"epoch_{state.epoch:03d}")
                 rec.say(f"epoch {state.epoch}: step {state.step}, " + ", ".join(
-                    f"{k} {v:.3f}" for k, v in (state.history[-1] if state.history else {}).items()
+                    f"{k} {v:.0f}" if k == "img_per_s" else f"{k} {v:.3f}"
+                    for k, v in (state.history[-1] if state.history else {}).items()
                     if k not in ("step", "epoch", "images", "time")))
                 state.stop_reason = budget_reached(state, cfg, started)
     except KeyboardInterrupt:
