@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from genlab.errors import GenlabError  # noqa: E402
 
-__all__ = ["GenlabError", "__version__", "train", "sample", "load_run"]
+__all__ = ["GenlabError", "__version__", "train", "sample", "load_run", "evaluate"]
 
 
 def train(config):
@@ -26,3 +26,11 @@ def load_run(run_dir):
     from genlab.generate import load_run as _load_run
 
     return _load_run(run_dir)
+
+
+def evaluate(images, dataset="mnist-sample", **options):
+    """Score samples against a dataset; returns {"metrics": {name: {value, floor, better}}, ...}
+    (see genlab.metrics.evaluate.evaluate for the options)."""
+    from genlab.metrics.evaluate import evaluate as _evaluate
+
+    return _evaluate(images, dataset=dataset, **options)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import genlab
 from genlab.errors import GenlabError
@@ -15,6 +16,7 @@ from genlab.errors import GenlabError
 COMMANDS = {
     "train": "train a model into a run folder",
     "sample": "draw images from a trained run into an .npz file or a folder of PNGs",
+    "eval": "score a run's samples, or any samples, against the data (FID, KID, IS, P/R, ...)",
 }
 
 
@@ -80,7 +82,60 @@ def cmd_sample(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": cmd_train, "sample": cmd_sample}
+def cmd_eval(argv: list[str]) -> int:
+    from genlab.metrics.evaluate import evaluate, evaluate_run, format_table, load_samples_file
+
+    parser = argparse.ArgumentParser(
+        prog="genlab eval", description=COMMANDS["eval"],
+        epilog="Scores are measured in the features of genlab's classifier of the dataset, trained "
+               "once and cached; the real floor is the same metric for held-out real images.")
+    parser.add_argument("run", nargs="?", help="run folder to sample from (or use --samples)")
+    parser.add_argument("--samples", help="FILE.npz with `images`, or a folder of PNGs, from any generator")
+    parser.add_argument("--dataset", help="dataset the samples imitate (with --samples)")
+    parser.add_argument("--data-dir", help="folder of the dataset's files, where it needs one")
+    parser.add_argument("--image-size", type=int, default=28, help="image size of a `folder` dataset")
+    parser.add_argument("--n", type=int, default=10_000, help="samples to draw from the run")
+    parser.add_argument("--seed", type=int, default=0, help="seed for sampling and metric subsets")
+    parser.add_argument("--features", help="a genlab feature extractor folder to use instead of the cached one")
+    parser.add_argument("--resize", action="store_true", help="resize samples of another size or channel count")
+    parser.add_argument("--ppl-samples", type=int, default=2000, help="latent pairs for perceptual path length")
+    parser.add_argument("--json", help="also write the result as JSON to this file")
+    args = parser.parse_args(argv)
+    say = lambda text: print(text, file=sys.stderr)  # noqa: E731
+    if (args.run is None) == (args.samples is None):
+        raise GenlabError("give either a run folder or --samples FILE (with --dataset)")
+    if args.n < 2:
+        raise GenlabError(f"--n must be at least 2, got {args.n}")
+    if args.run is not None:
+        result = evaluate_run(args.run, n=args.n, seed=args.seed, features=args.features,
+                              ppl_samples=args.ppl_samples, log=say)
+        _write_json(Path(args.run) / "eval.json", result)
+    else:
+        if not args.dataset:
+            raise GenlabError("--samples needs --dataset NAME: the data the samples are compared with")
+        from genlab.metrics.features import load_extractor
+
+        channels = load_extractor(args.features).image_shape[0] if args.features else 1
+        images = load_samples_file(args.samples, channels)
+        result = evaluate(images, dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+                          features=args.features, resize=args.resize, seed=args.seed, log=say)
+        result["samples"] = args.samples
+    print(format_table(result))
+    if args.json:
+        _write_json(Path(args.json), result)
+    return 0
+
+
+def _write_json(path, obj) -> None:
+    import json
+
+    try:
+        path.write_text(json.dumps(obj, indent=2) + "\n")
+    except OSError as err:
+        raise GenlabError(f"cannot write {path} ({err.strerror or err})") from None
+
+
+HANDLERS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}
 
 
 def top_parser() -> argparse.ArgumentParser:

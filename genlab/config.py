@@ -66,6 +66,11 @@ class TrainConfig:
                          choices=("auto", "cpu", "cuda", "mps"))
     threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
     progress: bool = option(True, "show a progress bar")
+    eval_every: int | None = option(None, "every N steps score eval_n samples (FID, ...) and keep "
+                                    "best.safetensors by FID")
+    eval_n: int = option(2000, "samples scored by --eval-every")
+    eval_features: str | None = option(None, "feature extractor folder for --eval-every (default: the "
+                                       "dataset's cached one)")
 
     def validate(self) -> None:
         for name in ("epochs", "steps", "minutes"):
@@ -74,6 +79,10 @@ class TrainConfig:
                 raise GenlabError(f"{name} must be positive, got {value}; pass a number above 0")
         if self.epochs is None and self.steps is None and self.minutes is None:
             raise GenlabError("no training budget: give --epochs, --steps or --minutes")
+        if self.eval_every is not None and self.eval_every <= 0:
+            raise GenlabError(f"eval_every must be positive, got {self.eval_every}")
+        if self.eval_n < 2:
+            raise GenlabError(f"eval_n must be at least 2 samples, got {self.eval_n}")
         for name in ("batch_size", "log_every", "grid_size"):
             if getattr(self, name) <= 0:
                 raise GenlabError(f"{name} must be positive, got {getattr(self, name)}")

@@ -14,22 +14,24 @@ from genlab.train import rundir
 from genlab.train.checkpoint import load_state
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, object, dict]:
-    """(config, model with the run's final weights, run.json) of a run folder."""
+def load_run(run_dir: str | Path, device: str = "cpu", weights: str = rundir.WEIGHTS) -> tuple[RunConfig, object, dict]:
+    """(config, model with the run's weights, run.json) of a run folder; `weights` picks the file
+    (model.safetensors, the final state, or best.safetensors, kept by --eval-every)."""
     run = Path(run_dir)
     if not run.is_dir() or not rundir.is_run(run):
         raise GenlabError(f"{run} is not a genlab run folder (no config.yaml); pass the folder "
                           "that `genlab train --out` created")
-    if not (run / rundir.WEIGHTS).is_file():
-        raise GenlabError(f"run {run} has no {rundir.WEIGHTS}: it has not finished; wait for it")
+    if not (run / weights).is_file():
+        hint = "train with --eval-every to keep one" if weights == rundir.BEST else "it has not finished"
+        raise GenlabError(f"run {run} has no {weights}: {hint}")
     config = load_config(run / rundir.CONFIG)
     meta = rundir.read_json(run / rundir.META)
     model = build_model(config.model, tuple(meta["image_shape"]), meta["num_classes"], device)
-    state, _ = load_state(run / rundir.WEIGHTS)
+    state, _ = load_state(run / weights)
     try:
         model.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError) as err:
-        raise GenlabError(f"{run / rundir.WEIGHTS} does not fit the run's config.yaml: "
+        raise GenlabError(f"{run / weights} does not fit the run's config.yaml: "
                           f"{str(err).splitlines()[0]}") from None
     return config, model, meta
 
@@ -40,6 +42,11 @@ def sample_run(run_dir: str | Path, n: int, seed: int = 0, labels=None,
     if n <= 0:
         raise GenlabError(f"--n must be a positive number of images, got {n}")
     _, model, _ = load_run(run_dir)
+    return sample_from(model, n, seed=seed, batch_size=batch_size)
+
+
+def sample_from(model, n: int, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+    """`n` uint8 images from a family in batches; the same seed gives the same images."""
     generator = torch.Generator().manual_seed(seed)
     parts = [model.sample(min(batch_size, n - start), generator=generator)
              for start in range(0, n, batch_size)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -10,10 +13,20 @@ from genlab.config import DataConfig, RunConfig, TrainConfig, default_config
 from genlab.data import load_dataset
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Downloads and caches go to a temporary folder, never the developer's ~/.cache."""
-    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+# Downloads, feature extractors and reference statistics go to a temporary folder for the whole
+# session (subprocesses inherit it), never the developer's ~/.cache.
+os.environ["GENLAB_CACHE"] = tempfile.mkdtemp(prefix="genlab-test-cache-")
+
+# A quick version of the extractor recipe: 300 steps instead of 2,500 (about 10 s on 2 cores).
+SMALL_RECIPE = dict(steps=300)
+
+
+@pytest.fixture(scope="session")
+def small_extractor():
+    """The mnist-sample feature extractor trained with the quick recipe, cached for the session."""
+    from genlab.metrics.features import FeatureRecipe, get_extractor
+
+    return get_extractor(DataConfig(dataset="mnist-sample"), FeatureRecipe(**SMALL_RECIPE), log=lambda *_: None)
 
 
 @pytest.fixture(scope="session")

@@ -135,6 +135,20 @@ class GanMlp:
                 "d_real": torch.sigmoid(d_real).mean().item(),  # D(x)
                 "d_fake": torch.sigmoid(d_fake).mean().item()}  # D(G(z)), before D's update
 
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images as floats in [0, 1] [n, C, H, W] from latents z [n, latent_dim], unquantised (for
+        perceptual path length, whose 1e-4 steps would vanish in uint8)."""
+        was_training = self.G.training
+        self.G.eval()
+        x = (self.G(z.to(self.device)).float() + 1) / 2
+        self.G.train(was_training)
+        return x
+
     @torch.no_grad()
     def sample(self, n: int, labels=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images, uint8 [n, C, H, W] on the CPU; z is drawn on the CPU so a seed means the same

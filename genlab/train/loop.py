@@ -61,6 +61,7 @@ class LoopState:
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     stop_reason: str = ""
+    best_fid: float = float("inf")
 
 
 def budget_reached(state: LoopState, cfg: TrainConfig, started: float) -> str:
@@ -115,6 +116,13 @@ class Recorder:
         self.bar.set_postfix(shown, refresh=False)
         self.sums, self.count, self.window_images, self.window_start = {}, 0, 0, now
 
+    def scores(self, state: LoopState, values: dict) -> None:
+        line = {"step": state.step, "epoch": state.epoch + 1, **values}
+        with open(self.run / rundir.METRICS, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        self.say(f"step {state.step}: " + ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
+
     def grid(self, name: str) -> None:
         """A grid from the same noise every time, so epochs can be compared image by image."""
         fixed = torch.Generator().manual_seed(self.cfg.seed)
@@ -137,8 +145,19 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
-def run_loop(model, data: ImageSet, cfg: TrainConfig, run: Path, device: torch.device) -> LoopState:
-    """Train until the first budget runs out; Ctrl-C stops cleanly after the current step."""
+def evaluate_now(model, state: LoopState, rec: Recorder, run: Path, scorer) -> None:
+    """Score the model and keep its state as best.safetensors when its FID is the lowest yet."""
+    values = scorer(model)
+    rec.scores(state, values)
+    if values["fid"] < state.best_fid:
+        state.best_fid = values["fid"]
+        save_state(run / rundir.BEST, model.state_dict(), {"step": str(state.step), "fid": repr(values["fid"])})
+
+
+def run_loop(model, data: ImageSet, cfg: TrainConfig, run: Path, device: torch.device,
+             scorer=None) -> LoopState:
+    """Train until the first budget runs out; Ctrl-C stops cleanly after the current step.
+    With `scorer` (model -> metrics), evaluate every `cfg.eval_every` steps."""
     per_epoch = steps_per_epoch(len(data), cfg.batch_size)
     totals = [t for t in (cfg.steps, cfg.epochs and cfg.epochs * per_epoch) if t]
     rec = Recorder(run, cfg, min(totals) if totals and cfg.minutes is None else None, model)
@@ -153,6 +172,10 @@ def run_loop(model, data: ImageSet, cfg: TrainConfig, run: Path, device: torch.d
                 state.step += 1
                 state.images_seen += len(idx)
                 rec.step(state, logs, len(idx), started)
+                if scorer is not None and state.step % cfg.eval_every == 0:
+                    paused = time.monotonic()
+                    evaluate_now(model, state, rec, run, scorer)
+                    rec.window_start += time.monotonic() - paused  # img/s counts training only
                 state.stop_reason = budget_reached(state, cfg, started)
                 if state.stop_reason and i < per_epoch - 1:
                     break
@@ -213,13 +236,20 @@ def train(config: RunConfig) -> Path:
     steps_per_epoch(len(data), config.train.batch_size)
     seed_everything(config.train.seed)
     model = build_model(config.model, data.shape, data.num_classes, device)
+    scorer = None
+    if config.train.eval_every:
+        from genlab.metrics.evaluate import training_scorer
+
+        scorer = training_scorer(config.data, config.train.eval_n, config.train.seed,
+                                 features=config.train.eval_features,
+                                 log=lambda text: print(text, file=sys.stderr))
 
     run = rundir.create_run_dir(config.train.out, config.train.overwrite)
     save_config(config, run / rundir.CONFIG)
     meta = run_metadata(config, data, device)
     rundir.write_json(run / rundir.META, meta)
 
-    state = run_loop(model, data, config.train, run, device)
+    state = run_loop(model, data, config.train, run, device, scorer)
     save_results(model, state, run, meta, config)
     if state.stop_reason == "interrupted":
         raise KeyboardInterrupt

@@ -6,6 +6,9 @@
     samples/           epoch_001.png ...: a grid from the same fixed noise after every epoch
     loss_curve.png     the curves of log.jsonl
     model.safetensors  the final state (nets and optimisers), see genlab.train.checkpoint
+    metrics.jsonl      with --eval-every: the scores of every evaluation
+    best.safetensors   with --eval-every: the state with the lowest FID so far
+    eval.json          written by `genlab eval RUN`
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from genlab.errors import GenlabError
 RUN_MARKERS = ("config.yaml", "run.json")
 CONFIG, META, LOG, SAMPLES, CURVE, WEIGHTS = (
     "config.yaml", "run.json", "log.jsonl", "samples", "loss_curve.png", "model.safetensors")
+METRICS, BEST, EVAL = "metrics.jsonl", "best.safetensors", "eval.json"
 
 
 def is_run(path: Path) -> bool:

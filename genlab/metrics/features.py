@@ -1,0 +1,225 @@
+"""The domain feature extractor: a small CNN classifier per dataset, trained once and cached.
+
+ImageNet's InceptionV3 cannot be downloaded here and suits 28x28 greyscale poorly, so genlab
+measures samples in the feature space of its own classifier of the dataset: features are the
+penultimate layer (128 numbers), class probabilities feed the Inception Score and class coverage.
+
+The classifier is trained with a fixed seed and recipe on the dataset's training split and cached
+under `<cache>/features/<dataset>-<first 8 hex of the weights' sha256>/`, with its test accuracy.
+That name travels with every score, so a number always says which features it was measured in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.config import DataConfig
+from genlab.data import ImageSet, load_dataset
+from genlab.errors import GenlabError
+from genlab.paths import cache_dir
+from genlab.train.checkpoint import load_state, save_state
+
+WEIGHTS, SPEC = "extractor.safetensors", "spec.json"
+
+
+@dataclass(frozen=True)
+class FeatureRecipe:
+    """How an extractor is trained; part of its identity (a different recipe, a different cache)."""
+
+    steps: int = 2500  # about 5 epochs of Fashion-MNIST, 80 of the 4,000-digit MNIST sample
+    batch_size: int = 128
+    lr: float = 2e-3
+    width: int = 32
+    feature_dim: int = 128
+    shift: int = 2  # random translation of up to +-2 pixels: the small-data guard against overfitting
+    seed: int = 0
+
+
+class DomainClassifier(nn.Module):
+    """Images float [B, C, H, W] in [0, 1] -> (features [B, feature_dim], logits [B, classes])."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 32, feature_dim: int = 128):
+        super().__init__()
+
+        def block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+        self.body = nn.Sequential(
+            *block(channels, width // 2), *block(width // 2, width // 2), nn.MaxPool2d(2),  # 14x14
+            *block(width // 2, width), *block(width, width), nn.MaxPool2d(2),              # 7x7
+            nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+            nn.Linear(width * 49, feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(feature_dim, num_classes))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x * 2 - 1)
+        return features, self.head(features)
+
+
+@dataclass
+class Extractor:
+    """A trained classifier with its identity: `name` is `<dataset>-<8 hex of sha256(weights)>`."""
+
+    net: DomainClassifier
+    spec: dict  # name, dataset, data_checksum, image_shape, num_classes, class_names, recipe, test_accuracy
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.spec["image_shape"])
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features [N, D] float32, logits [N, classes]) of uint8 images or float images in [0, 1]."""
+        self.net.eval()
+        feats, logits = [], []
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size]
+            x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+            f, lg = self.net(x)
+            feats.append(f)
+            logits.append(lg)
+        return torch.cat(feats), torch.cat(logits)
+
+
+def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to `max_shift` pixels (zero padding): one roll per batch."""
+    if max_shift == 0:
+        return x
+    dx, dy = torch.randint(-max_shift, max_shift + 1, (2,), generator=gen).tolist()
+    padded = F.pad(x, (max_shift,) * 4)
+    h, w = x.shape[-2:]
+    return padded[..., max_shift + dy:max_shift + dy + h, max_shift + dx:max_shift + dx + w]
+
+
+def accuracy(extractor_net: DomainClassifier, data: ImageSet) -> float:
+    net_was = extractor_net.training
+    extractor_net.eval()
+    with torch.no_grad():
+        correct = sum(int((extractor_net(data.images[i:i + 1000].float() / 255)[1].argmax(1)
+                           == data.labels[i:i + 1000]).sum()) for i in range(0, len(data), 1000))
+    extractor_net.train(net_was)
+    return correct / len(data)
+
+
+def train_classifier(train: ImageSet, recipe: FeatureRecipe, log=print) -> DomainClassifier:
+    """The fixed recipe: Adam with a cosine-decayed learning rate, shifted batches, cross-entropy."""
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    net = DomainClassifier(train.shape[0], train.num_classes, recipe.width, recipe.feature_dim)
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
+    net.train()
+    started = time.monotonic()
+    for step in range(1, recipe.steps + 1):
+        idx = torch.randint(0, len(train), (recipe.batch_size,), generator=gen)
+        x = _shift(train.images[idx].float() / 255, recipe.shift, gen)
+        loss = F.cross_entropy(net(x)[1], train.labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        if step % 500 == 0 or step == recipe.steps:
+            log(f"  feature extractor: step {step}/{recipe.steps}, loss {loss.item():.3f}, "
+                f"{time.monotonic() - started:.0f} s")
+    return net.eval()
+
+
+def weights_hash(net: nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _spec_matches(spec: dict, dataset: str, checksum: str, recipe: FeatureRecipe) -> bool:
+    return (spec.get("dataset") == dataset and spec.get("data_checksum") == checksum
+            and spec.get("recipe") == asdict(recipe))
+
+
+def find_cached(dataset: str, checksum: str, recipe: FeatureRecipe) -> Path | None:
+    root = cache_dir() / "features"
+    for spec_path in sorted(root.glob(f"{dataset}-*/{SPEC}")) if root.is_dir() else []:
+        try:
+            spec = json.loads(spec_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a damaged cache entry is skipped (and retrained), never trusted
+        if _spec_matches(spec, dataset, checksum, recipe) and (spec_path.parent / WEIGHTS).is_file():
+            return spec_path.parent
+    return None
+
+
+def load_extractor(path: str | Path) -> Extractor:
+    """An extractor saved by genlab: its folder, or the extractor.safetensors inside it."""
+    path = Path(path)
+    folder = path.parent if path.is_file() else path
+    if not (folder / SPEC).is_file() or not (folder / WEIGHTS).is_file():
+        raise GenlabError(f"{path} is not a genlab feature extractor (needs {SPEC} and {WEIGHTS}); "
+                          "pass the folder that genlab made under <cache>/features/")
+    try:
+        spec = json.loads((folder / SPEC).read_text())
+        recipe = spec["recipe"]
+        net = DomainClassifier(spec["image_shape"][0], spec["num_classes"], recipe["width"], recipe["feature_dim"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise GenlabError(f"{folder / SPEC} is damaged ({err}); delete the folder to retrain") from None
+    state, _ = load_state(folder / WEIGHTS)
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, KeyError) as err:
+        raise GenlabError(f"{folder / WEIGHTS} does not fit its {SPEC}: {str(err).splitlines()[0]}") from None
+    return Extractor(net.eval(), spec, folder)
+
+
+def get_extractor(data_cfg: DataConfig, recipe: FeatureRecipe = FeatureRecipe(), log=print) -> Extractor:
+    """The cached extractor of `data_cfg`'s dataset, trained now if there is none yet."""
+    train_cfg = DataConfig(dataset=data_cfg.dataset, data_dir=data_cfg.data_dir, split="train",
+                           image_size=data_cfg.image_size)
+    train = load_dataset(train_cfg)
+    if train.num_classes < 2:
+        raise GenlabError(f"dataset {train.name} has no classes to train a feature extractor on; "
+                          "put images in one subfolder per class, or pass --features PATH")
+    cached = find_cached(data_cfg.dataset, train.checksum, recipe)
+    if cached is not None:
+        return load_extractor(cached)
+    log(f"training the feature extractor for {data_cfg.dataset} once (cached afterwards)...")
+    started = time.monotonic()
+    net = train_classifier(train, recipe, log)
+    test = load_test_split(train_cfg, train)
+    name = f"{data_cfg.dataset}-{weights_hash(net)[:8]}"
+    spec = {"name": name, "dataset": data_cfg.dataset, "data_checksum": train.checksum,
+            "image_shape": list(train.shape), "num_classes": train.num_classes,
+            "class_names": train.class_names, "recipe": asdict(recipe),
+            "test_accuracy": accuracy(net, test) if test is not None else None,
+            "train_seconds": round(time.monotonic() - started, 1), "torch_version": torch.__version__}
+    folder = cache_dir() / "features" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    save_state(folder / WEIGHTS, net.state_dict(), {"name": name})
+    (folder / SPEC).write_text(json.dumps(spec, indent=2) + "\n")  # written last: marks the entry complete
+    acc = "n/a" if spec["test_accuracy"] is None else f"{spec['test_accuracy']:.2%}"
+    log(f"feature extractor {name}: test accuracy {acc}, {spec['train_seconds']:.0f} s")
+    return Extractor(net, spec, folder)
+
+
+def load_test_split(train_cfg: DataConfig, train: ImageSet) -> ImageSet | None:
+    """The dataset's test split, or None when it has none (a folder of images)."""
+    try:
+        return load_dataset(DataConfig(dataset=train_cfg.dataset, data_dir=train_cfg.data_dir,
+                                       split="test", image_size=train_cfg.image_size))
+    except GenlabError:
+        if train_cfg.dataset == "folder":
+            return None
+        raise

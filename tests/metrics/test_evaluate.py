@@ -1,0 +1,176 @@
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.cli import main
+from genlab.config import DataConfig
+from genlab.data import ImageSet, load_dataset
+from genlab.errors import GenlabError
+from genlab.metrics import evaluate as E
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def test_digits():
+    """The 1,000 held-out digits, shuffled (the split is stored sorted by class)."""
+    test = load_dataset(DataConfig(dataset="mnist-sample", split="test"))
+    perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
+    return ImageSet(test.images[perm], test.labels[perm], test.name, test.class_names)
+
+
+def ev(images, extractor, **kw):
+    return E.evaluate(images, dataset="mnist-sample", features=extractor.path, log=lambda *_: None, **kw)
+
+
+def test_real_digits_score_like_the_floor_and_noise_scores_badly(small_extractor, test_digits):
+    real = ev(test_digits.images[:500], small_extractor)
+    m = real["metrics"]
+    assert real["features"] == small_extractor.name and real["n"] == 500
+    assert set(m) == {"fid", "kid", "is", "precision", "recall", "density", "coverage", "classes_found", "class_tv"}
+    assert m["fid"]["value"] == pytest.approx(m["fid"]["floor"], rel=0.5)
+    assert m["classes_found"]["value"] == 10 and m["class_tv"]["value"] < 0.1
+    assert m["fid"]["better"] == "lower" and m["recall"]["better"] == "higher"
+
+    noise = torch.randint(0, 256, (500, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    bad = ev(noise, small_extractor)["metrics"]
+    assert bad["fid"]["value"] > 10 * m["fid"]["value"]
+    assert bad["precision"]["value"] < 0.05 and bad["recall"]["value"] < 0.05
+
+
+def test_reference_statistics_are_cached(small_extractor, test_digits, monkeypatch):
+    ev(test_digits.images[:100], small_extractor)
+    cached = {p.name: p.stat().st_mtime_ns for p in small_extractor.path.iterdir()}
+    assert {"reference.safetensors", "radii-100.safetensors", "floors.json"} <= set(cached)
+    monkeypatch.setattr(E, "split_reference", lambda *a: pytest.fail("recomputed the reference"))
+    out = ev(test_digits.images[100:200], small_extractor)
+    assert out["metrics"]["fid"]["floor"] is not None
+    assert {p.name: p.stat().st_mtime_ns for p in small_extractor.path.iterdir()} == cached
+
+
+class ConstantModel:
+    latent_dim = 4
+
+    def decode(self, z):
+        return torch.full((len(z), 1, 28, 28), 0.5)
+
+
+class LikelihoodModel(ConstantModel):
+    def sample(self, n, labels=None, generator=None):
+        return torch.zeros(n, 1, 28, 28, dtype=torch.uint8)
+
+    def log_likelihood(self, images):
+        return torch.full((len(images),), -100.0)
+
+
+def test_ppl_of_a_constant_model_is_zero(small_extractor):
+    assert E.ppl(ConstantModel(), small_extractor, n=50) == 0.0
+    assert E.ppl(object(), small_extractor) is None  # no latent space, no PPL
+
+
+def test_ppl_of_a_gan_is_positive(small_extractor):
+    from tests.models.test_gan import tutorial_gan
+
+    value = E.ppl(tutorial_gan(), small_extractor, n=100)
+    assert math.isfinite(value) and value > 0
+
+
+def test_likelihood_in_nats_and_bits_per_dim(small_extractor, test_digits):
+    out = ev(test_digits.images[:50], small_extractor, model=LikelihoodModel(), ppl_samples=20)
+    m = out["metrics"]
+    assert m["nll_nats"]["value"] == pytest.approx(100.0)
+    assert m["bits_per_dim"]["value"] == pytest.approx(100.0 / (784 * math.log(2)))
+    assert m["ppl"]["value"] == 0.0
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((10, 1, 30, 30), np.uint8), "images are 1x30x30 .* dataset's are 1x28x28; pass --resize"),
+    (np.zeros((10, 3, 28, 28), np.uint8), "images are 3x28x28"),
+    (np.full((10, 28, 28), np.nan, np.float32), "10 image\\(s\\) contain NaN"),
+    (np.full((10, 28, 28), 2.0, np.float32), "float images must lie in \\[0, 1\\]"),
+    (np.zeros((1, 28, 28), np.uint8), "1 image\\(s\\); the metrics need at least 2"),
+    (np.zeros((10, 784), np.uint8), "expected images \\[N, H, W\\] or \\[N, C, H, W\\]"),
+])
+def test_bad_samples(small_extractor, images, message):
+    with pytest.raises(GenlabError, match=message):
+        ev(images, small_extractor)
+
+
+def test_resize_only_when_asked(small_extractor, test_digits):
+    big = torch.nn.functional.interpolate(test_digits.images[:50].float(), size=(32, 32)).to(torch.uint8)
+    rgb = big.expand(-1, 3, -1, -1)
+    out = ev(rgb, small_extractor, resize=True)
+    assert out["n"] == 50 and out["metrics"]["classes_found"]["value"] >= 8
+
+
+def test_extractor_of_another_dataset_is_refused(small_extractor, tmp_path):
+    other = tmp_path / "fashion-mnist-00000000"
+    shutil.copytree(small_extractor.path, other)
+    spec = json.loads((other / "spec.json").read_text())
+    spec["dataset"] = "fashion-mnist"
+    (other / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(GenlabError, match="was trained on fashion-mnist, not mnist-sample"):
+        ev(np.zeros((10, 28, 28), np.uint8), small_extractor.__class__(small_extractor.net, spec, other))
+
+
+def test_samples_files(tmp_path):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(GenlabError, match="is empty"):
+        E.load_samples_file(tmp_path / "empty.npz", 1)
+    np.savez(tmp_path / "other.npz", pictures=np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(GenlabError, match="has no array named `images` \\(it has: pictures\\)"):
+        E.load_samples_file(tmp_path / "other.npz", 1)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
+    with pytest.raises(GenlabError, match="not a readable .npz"):
+        E.load_samples_file(tmp_path / "junk.npz", 1)
+    with pytest.raises(GenlabError, match="does not exist"):
+        E.load_samples_file(tmp_path / "none.npz", 1)
+
+
+def test_eval_from_the_command_line(small_extractor, tmp_path, capsys):
+    from genlab.train.loop import train
+
+    run = train(tiny_config(tmp_path / "run", steps=20))
+    assert main(["eval", str(run), "--n", "300", "--features", str(small_extractor.path),
+                 "--ppl-samples", "50", "--json", str(tmp_path / "e.json")]) == 0
+    table = capsys.readouterr().out
+    assert small_extractor.name in table and "real floor" in table and "ppl" in table
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert saved["n"] == 300 and saved["model"] == "gan-mlp" and (run / "eval.json").is_file()
+
+    assert main(["sample", str(run), "--n", "200", "--out", str(tmp_path / "s.npz")]) == 0
+    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--dataset", "mnist-sample",
+                 "--features", str(small_extractor.path)]) == 0
+    assert "200 samples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give either a run folder or --samples"),
+    (["--samples", "x.npz"], "--samples needs --dataset"),
+    (["--samples", "missing.npz", "--dataset", "mnist-sample"], "does not exist"),
+])
+def test_eval_bad_usage(argv, message, capsys, small_extractor, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", *argv, "--features", str(small_extractor.path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_train_with_eval_every_keeps_the_best(small_extractor, tmp_path):
+    from genlab.generate import load_run
+    from genlab.train.loop import train
+
+    cfg = tiny_config(tmp_path / "run", steps=12, eval_every=4, eval_n=100,
+                      eval_features=str(small_extractor.path))
+    run = train(cfg)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [4, 8, 12] and all(x["features"] == small_extractor.name for x in lines)
+    best_fid = min(x["fid"] for x in lines)
+    from genlab.train.checkpoint import load_state
+
+    _, meta = load_state(run / "best.safetensors")
+    assert float(meta["fid"]) == best_fid
+    assert load_run(run, weights="best.safetensors")[1] is not None
