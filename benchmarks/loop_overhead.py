@@ -2,7 +2,8 @@
 
 Trains the tutorial GAN for the same number of steps, batch size and threads twice in one process:
 once with a plain 20-line PyTorch loop over a float tensor, once with genlab's `run_loop` (progress
-bar, log.jsonl, a sample grid after every epoch, uint8 batches converted per step). Runs alternate
+bar, log.jsonl, a sample grid after every epoch, uint8 batches converted per step, the NaN/inf
+guard on every loss and gradient, a checkpoint every 1,000 steps). Runs alternate
 (plain, genlab, plain, genlab, ...) so that drift in the machine's speed hits both; the median
 img/s of each is reported, with the ratio. End-to-end `genlab.train` (which adds loading the data,
 the loss-curve plot and the final weights) is timed once for reference.
@@ -27,6 +28,8 @@ from genlab.config import DataConfig, RunConfig, TrainConfig, default_config
 from genlab.data import load_dataset
 from genlab.models import build_model
 from genlab.train import loop
+from genlab.train.distributed import Ranks
+from genlab.train.runtime import Runtime
 
 
 def plain_loop(images: torch.Tensor, steps: int, batch: int, seed: int) -> float:
@@ -56,14 +59,20 @@ def plain_loop(images: torch.Tensor, steps: int, batch: int, seed: int) -> float
 
 
 def genlab_loop(data, steps: int, batch: int, seed: int, out: Path) -> float:
-    """genlab's `run_loop` (everything per step and per epoch, not the setup); returns img/s."""
+    """genlab's `run_loop` (everything per step and per epoch: logs, grids, NaN guard, the default
+    checkpoint every 1,000 steps; not the setup); returns img/s."""
     cfg = TrainConfig(epochs=None, steps=steps, batch_size=batch, seed=seed, out=str(out),
                       progress=True, device="cpu")
     loop.seed_everything(seed)
-    model = build_model(default_config().model, data.shape, data.num_classes, "cpu")
+    rt = Runtime()
+    model = build_model(default_config().model, data.shape, data.num_classes, rt)
     (out / "samples").mkdir(parents=True)
+    rec = loop.Recorder(out, cfg, steps, model)
+    state = loop.LoopState()
+    job = loop.Loop(model, data, cfg, out, rt, Ranks(), rec, state, torch.Generator().manual_seed(seed))
     start = time.perf_counter()
-    state = loop.run_loop(model, data, cfg, out, torch.device("cpu"))
+    with loop.StopRequest() as stop:
+        loop.run_loop(job, stop)
     return state.images_seen / (time.perf_counter() - start)
 
 

@@ -7,6 +7,7 @@ exit status 2 (argparse's status for bad usage); Ctrl-C exits with 130 after the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def train_parser(model_name: str) -> argparse.ArgumentParser:
         epilog=_catalogue() + f"\n\nmodel options above are those of {model_name}; "
                               "`genlab train --model NAME --help` shows another family's.")
     parser.add_argument("--config", metavar="YAML", help="YAML config (sections data, model, train)")
+    parser.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint (flags "
+                        "may change budgets, not the model, data, batch size or seed)")
     add_section_flags(parser, "model", model_config_class(model_name))
     add_section_flags(parser, "data", DataConfig)
     add_section_flags(parser, "train", TrainConfig)
@@ -52,14 +55,27 @@ def cmd_train(argv: list[str]) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     pre.add_argument("--model")
+    pre.add_argument("--resume")
     known, _ = pre.parse_known_args(argv)
-    base = load_config(known.config, known.model) if known.config else default_config(known.model or "gan-mlp")
+    if known.resume and known.config:
+        raise GenlabError("--resume takes the run's own config.yaml; leave out --config")
+    if known.resume:
+        base = load_config(Path(known.resume) / "config.yaml", known.model)
+    elif known.config:
+        base = load_config(known.config, known.model)
+    else:
+        base = default_config(known.model or "gan-mlp")
     args = train_parser(base.model.name).parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if "." in k}
     if "train.minutes" in overrides and not {"train.epochs", "train.steps"} & overrides.keys():
         overrides.update({"train.epochs": None, "train.steps": None})  # --minutes alone: time decides
-    run = train(apply_overrides(base, overrides))
-    print(f"run folder: {run}  (samples/, loss_curve.png, model.safetensors, config.yaml, log.jsonl)")
+    if known.resume:
+        if overrides.get("train.out", known.resume) != known.resume:
+            raise GenlabError("--resume continues the run in its own folder; leave out --out")
+        overrides["train.out"] = known.resume
+    run = train(apply_overrides(base, overrides), resume_run=known.resume)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(f"run folder: {run}  (samples/, loss_curve.png, model.safetensors, config.yaml, log.jsonl)")
     return 0
 
 
@@ -160,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     except GenlabError as err:
         print(f"genlab {command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"genlab {command}: interrupted; what was done so far is saved", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"genlab {command}: interrupted; {err or 'nothing was saved'}", file=sys.stderr)
         return 130
 
 

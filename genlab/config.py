@@ -65,6 +65,13 @@ class TrainConfig:
     device: str = option("auto", "where to train (auto: a GPU when there is one)",
                          choices=("auto", "cpu", "cuda", "mps"))
     threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
+    precision: str = option("fp32", "fp32, or mixed precision: bf16 (CPU or GPU), fp16 (GPU, with "
+                            "gradient scaling)", choices=("fp32", "bf16", "fp16"))
+    compile: bool = option(False, "compile the networks with torch.compile (slow start, faster steps)")
+    checkpoint_every: int | None = option(1000, "save a resumable checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = option(1, "how many recent checkpoints to keep in RUN/checkpoints")
+    on_nan: str = option("stop", "on a NaN/inf loss or gradient: stop (keeping the last good weights) "
+                         "or skip the batch", choices=("stop", "skip"))
     progress: bool = option(True, "show a progress bar")
     eval_every: int | None = option(None, "every N steps score eval_n samples (FID, ...) and keep "
                                     "best.safetensors by FID")
@@ -83,7 +90,9 @@ class TrainConfig:
             raise GenlabError(f"eval_every must be positive, got {self.eval_every}")
         if self.eval_n < 2:
             raise GenlabError(f"eval_n must be at least 2 samples, got {self.eval_n}")
-        for name in ("batch_size", "log_every", "grid_size"):
+        if self.checkpoint_every is not None and self.checkpoint_every <= 0:
+            raise GenlabError(f"checkpoint_every must be positive, got {self.checkpoint_every}")
+        for name in ("batch_size", "log_every", "grid_size", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 raise GenlabError(f"{name} must be positive, got {getattr(self, name)}")
         if self.threads is not None and self.threads <= 0:

@@ -11,7 +11,7 @@ from genlab.config import RunConfig, load_config
 from genlab.errors import GenlabError
 from genlab.models import build_model
 from genlab.train import rundir
-from genlab.train.checkpoint import load_state
+from genlab.train.checkpoint import load_into, load_state
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", weights: str = rundir.WEIGHTS) -> tuple[RunConfig, object, dict]:
@@ -26,13 +26,12 @@ def load_run(run_dir: str | Path, device: str = "cpu", weights: str = rundir.WEI
         raise GenlabError(f"run {run} has no {weights}: {hint}")
     config = load_config(run / rundir.CONFIG)
     meta = rundir.read_json(run / rundir.META)
-    model = build_model(config.model, tuple(meta["image_shape"]), meta["num_classes"], device)
+    from genlab.train.runtime import Runtime
+
+    model = build_model(config.model, tuple(meta["image_shape"]), meta["num_classes"],
+                        Runtime(device=torch.device(device)))
     state, _ = load_state(run / weights)
-    try:
-        model.load_state_dict(state)
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise GenlabError(f"{run / weights} does not fit the run's config.yaml: "
-                          f"{str(err).splitlines()[0]}") from None
+    load_into(model, state, str(run / weights), "the run's config.yaml")
     return config, model, meta
 
 

@@ -25,7 +25,7 @@ from genlab.config import DataConfig
 from genlab.data import ImageSet, load_dataset
 from genlab.errors import GenlabError
 from genlab.paths import cache_dir
-from genlab.train.checkpoint import load_state, save_state
+from genlab.train.checkpoint import load_into, load_state, save_state
 
 WEIGHTS, SPEC = "extractor.safetensors", "spec.json"
 
@@ -177,10 +177,7 @@ def load_extractor(path: str | Path) -> Extractor:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise GenlabError(f"{folder / SPEC} is damaged ({err}); delete the folder to retrain") from None
     state, _ = load_state(folder / WEIGHTS)
-    try:
-        net.load_state_dict(state)
-    except (RuntimeError, KeyError) as err:
-        raise GenlabError(f"{folder / WEIGHTS} does not fit its {SPEC}: {str(err).splitlines()[0]}") from None
+    load_into(net, state, str(folder / WEIGHTS), f"its {SPEC}")
     return Extractor(net.eval(), spec, folder)
 
 

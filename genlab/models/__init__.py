@@ -3,12 +3,16 @@
 Every family implements the same small surface (DESIGN.md), so the loop, the metrics and the
 report never ask which family they hold:
 
-- `Family(config, image_shape, num_classes, device)`
+- `Family(config, image_shape, num_classes, runtime)`: `runtime` (genlab.train.runtime) says
+  where and how the step runs (device, precision, data parallelism) and guards the optimisers
+  against NaN/inf; every optimiser step goes through it.
 - `train_step(images uint8 [B, C, H, W], labels int64 [B]) -> dict[str, float]`: one optimisation
   step; the family owns its optimisers and its preprocessing of the uint8 pixels.
 - `sample(n, labels=None, generator=None) -> uint8 [n, C, H, W]` (on the CPU).
 - `state_dict()` / `load_state_dict(state)`: nets, optimisers and EMA, as nested dicts of tensors.
-- optional `log_likelihood(images)` where the family has one.
+- optional `nets() -> dict[str, nn.Module]` (for --compile), `latent_dim` and
+  `decode(z) -> float [n, C, H, W] in [0, 1]` (perceptual path length), and
+  `log_likelihood(images) -> [n]` in nats where the family has one.
 """
 
 from __future__ import annotations
@@ -53,9 +57,12 @@ def get_model_entry(name: str) -> ModelEntry:
     return MODELS[name]
 
 
-def build_model(config, image_shape: tuple[int, int, int], num_classes: int, device="cpu"):
-    """The family that `config.name` names, built for images of `image_shape` (C, H, W)."""
-    return get_model_entry(config.name).family(config, image_shape, num_classes, device)
+def build_model(config, image_shape: tuple[int, int, int], num_classes: int, runtime=None):
+    """The family that `config.name` names, built for images of `image_shape` (C, H, W); the
+    default runtime is one process on the CPU in fp32."""
+    from genlab.train.runtime import Runtime
+
+    return get_model_entry(config.name).family(config, image_shape, num_classes, runtime or Runtime())
 
 
 from genlab.models import gan  # noqa: E402  (registers its models)

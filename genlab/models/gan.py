@@ -22,6 +22,7 @@ from torch import nn
 
 from genlab.config import option
 from genlab.errors import GenlabError
+from genlab.train.runtime import Runtime
 
 G_LOSSES = ("non-saturating", "minimax")
 
@@ -105,9 +106,10 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 class GanMlp:
     """The tutorial GAN as a genlab family: owns G, D and their Adam optimisers."""
 
-    def __init__(self, config: GanMlpConfig, image_shape, num_classes: int, device="cpu"):
+    def __init__(self, config: GanMlpConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
         self.config = config
-        self.device = torch.device(device)
+        self.rt = runtime or Runtime()
+        self.device = self.rt.device
         self.image_shape = tuple(image_shape)
         self.G = MLPGenerator(config.latent_dim, self.image_shape).to(self.device)
         self.D = MLPDiscriminator(self.image_shape).to(self.device)
@@ -115,25 +117,41 @@ class GanMlp:
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas)
 
+    def nets(self) -> dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D}
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
-        """One D update then one G update on the same fakes, as in the tutorial."""
+        """One D update then one G update on the same fakes, as in the tutorial.
+
+        A NaN or inf in D's loss or gradients (bad data, a diverged G) is refused before either
+        update; one in G's loss or gradients is refused before G's update, after D's."""
+        rt = self.rt
         x = to_unit(images.to(self.device))
-        z = torch.randn(x.shape[0], self.config.latent_dim, device=self.device)
-        fake = self.G(z)
-
-        d_real, d_fake = self.D(x), self.D(fake.detach())
-        loss_d = d_loss(d_real, d_fake)
+        # z for the whole global batch, this rank's share: N ranks compute what one process does
+        z = rt.shard(torch.randn(rt.global_batch(len(x)), self.config.latent_dim, device=self.device))
+        with rt.autocast():
+            fake = self.G(z)
+            d_real, d_fake = self.D(x).float(), self.D(fake.detach()).float()
+            loss_d = d_loss(d_real, d_fake)
         self.opt_D.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_D.step()
+        rt.backward(loss_d)
+        grad_d = rt.finish_grads("D", self.D, self.opt_D, loss_d)
+        rt.step(self.opt_D)
 
-        loss_g = g_loss(self.D(fake), self.config.g_loss)
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_G.step()
+        self.D.requires_grad_(False)  # G's update needs gradients through D, not of D's weights
+        try:
+            with rt.autocast():
+                loss_g = g_loss(self.D(fake).float(), self.config.g_loss)
+            self.opt_G.zero_grad(set_to_none=True)
+            rt.backward(loss_g)
+        finally:
+            self.D.requires_grad_(True)
+        grad_g = rt.finish_grads("G", self.G, self.opt_G, loss_g)
+        rt.step(self.opt_G)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
                 "d_real": torch.sigmoid(d_real).mean().item(),  # D(x)
-                "d_fake": torch.sigmoid(d_fake).mean().item()}  # D(G(z)), before D's update
+                "d_fake": torch.sigmoid(d_fake).mean().item(),  # D(G(z)), before D's update
+                "grad_norm_d": grad_d, "grad_norm_g": grad_g}
 
     @property
     def latent_dim(self) -> int:

@@ -121,3 +121,14 @@ def load_state(path: str | Path) -> tuple[dict, dict[str, str]]:
     except Exception as err:  # any damage inside a file that claims to be ours
         raise GenlabError(f"checkpoint {path} is damaged ({type(err).__name__}: {err})") from None
     return tree, {k: v for k, v in meta.items() if k != "tree"}
+
+
+def load_into(target, state: dict, source: str, expected: str) -> None:
+    """`target.load_state_dict(state)`, with a mismatch (a tensor of the wrong shape, a missing
+    key) reported as one line naming the file and what it should fit."""
+    try:
+        target.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else repr(err))
+        raise GenlabError(f"{source} does not fit {expected}: {detail}") from None

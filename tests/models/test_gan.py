@@ -54,7 +54,7 @@ def test_a_step_changes_both_nets_and_reports_finite_logs(mnist_sample):
     gan = tutorial_gan()
     before = weights_of(gan)
     logs = gan.train_step(mnist_sample.images[:32], mnist_sample.labels[:32])
-    assert set(logs) == {"loss_d", "loss_g", "d_real", "d_fake"}
+    assert set(logs) == {"loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d", "grad_norm_g"}
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert 0 < logs["d_real"] < 1 and 0 < logs["d_fake"] < 1
     after = weights_of(gan)

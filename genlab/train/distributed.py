@@ -1,0 +1,79 @@
+"""Data-parallel training under torchrun (PyTorch's launcher; one process per GPU or CPU worker).
+
+`torchrun --nproc_per_node N genlab train ...` sets RANK, WORLD_SIZE and LOCAL_RANK; genlab then
+joins the process group (NCCL on GPUs, gloo on CPUs), every rank draws its share of each global
+batch, gradients are averaged across ranks inside `Runtime.finish_grads`, and rank 0 alone writes
+the run folder. Multi-node runs use the same command with torchrun's rendezvous flags.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from genlab.errors import GenlabError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(device: torch.device) -> Ranks:
+    """Join the process group when launched by torchrun with more than one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        try:
+            dist.init_process_group(backend)
+        except (RuntimeError, ValueError) as err:
+            raise GenlabError(f"could not join the torchrun process group ({err}); check the "
+                              "rendezvous address and that every node runs the same command") from None
+    return ranks
+
+
+def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
+    """One GPU per process: cuda:LOCAL_RANK."""
+    if device.type == "cuda" and ranks.world_size > 1:
+        torch.cuda.set_device(ranks.local_rank)
+        return torch.device("cuda", ranks.local_rank)
+    return device
+
+
+def any_rank(flag: bool, ranks: Ranks, device: torch.device) -> bool:
+    """True on every rank when it is true on any (so that all ranks stop at the same step)."""
+    if ranks.world_size <= 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_params(modules) -> None:
+    """Start every rank from rank 0's weights."""
+    if dist.is_initialized():
+        for module in modules:
+            for p in module.parameters():
+                dist.broadcast(p.data, src=0)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

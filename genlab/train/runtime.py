@@ -1,0 +1,126 @@
+"""Where and how a family's optimisation step runs: device, precision, data parallelism, and the
+guard that keeps non-finite numbers away from the optimisers.
+
+Families own their optimisers (DESIGN.md), so each optimiser step goes through three calls:
+
+    rt.backward(loss)                        # scaled for fp16
+    rt.finish_grads("D", self.D, opt, loss)  # unscale, average over ranks, refuse NaN/inf
+    rt.step(opt)
+
+so a family is written once and runs on a CPU, a GPU in mixed precision, or under torchrun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from genlab.errors import GenlabError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class NonFiniteError(Exception):
+    """A loss or a gradient became NaN or infinite; raised before the optimiser sees it."""
+
+    def __init__(self, quantity: str, value: float):
+        super().__init__(f"{quantity} is {value}")
+        self.quantity, self.value = quantity, value
+
+
+@dataclass
+class Runtime:
+    """Device, precision and data-parallel context of a family's training step."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    rank: int = 0
+    world_size: int = 1
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def create(cls, device: torch.device, precision: str = "fp32", rank: int = 0, world_size: int = 1) -> "Runtime":
+        if precision not in PRECISIONS:
+            raise GenlabError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "fp16" and device.type != "cuda":
+            raise GenlabError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        return cls(device, precision, rank, world_size, scaler)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        """Mixed precision for the forward passes (a no-op in fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def shard(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a tensor drawn for the global batch (e.g. the noise z), so that N
+        ranks with batch B/N compute what one process with batch B computes."""
+        if not self.distributed:
+            return x
+        return x.chunk(self.world_size)[self.rank]
+
+    def global_batch(self, local: int) -> int:
+        return local * self.world_size
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def finish_grads(self, name: str, module: torch.nn.Module, optimizer, loss: torch.Tensor) -> float:
+        """Unscale, average the gradients over ranks, and refuse a non-finite loss or gradient.
+
+        Returns the gradient norm (diagnostics use it). Raises NonFiniteError naming `name` on
+        every rank alike: the losses travel with the gradients in the same all-reduce, so one
+        rank's NaN stops all of them at the same step instead of leaving the others waiting."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        loss_value = loss.detach().float().reshape(1)
+        if self.distributed:
+            loss_value = self._all_reduce_mean(grads, loss_value)
+        if not bool(torch.isfinite(loss_value)):
+            raise NonFiniteError(f"loss of {name}", float(loss_value))
+        if not grads:
+            return 0.0
+        norm = float(torch.stack(torch._foreach_norm(grads)).norm())
+        if not math.isfinite(norm):
+            if self.scaler is not None:  # fp16 overflow: the scaler skips this step and lowers its scale
+                return norm
+            raise NonFiniteError(f"gradient of {name}", norm)
+        return norm
+
+    def _all_reduce_mean(self, grads: list[torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
+        """Average gradients (and the loss) over ranks in one flat all-reduce; returns the loss."""
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.to(grads[0].device if grads else loss.device)])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        return flat[-1:].cpu()
+
+    def step(self, optimizer) -> None:
+        """The optimiser step; in fp16 the scaler's, which skips steps with overflowed gradients
+        and adjusts its scale (one scaler may serve several optimisers: GradScaler tracks each)."""
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict()} if self.scaler else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
