@@ -80,7 +80,7 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_sample(argv: list[str]) -> int:
-    from genlab.generate import sample_run, save_samples
+    from genlab.generate import labels_for, load_run, sample_from, save_samples
 
     parser = argparse.ArgumentParser(prog="genlab sample", description=COMMANDS["sample"])
     parser.add_argument("run", help="run folder made by `genlab train`")
@@ -89,11 +89,25 @@ def cmd_sample(argv: list[str]) -> int:
                         help="FILE.npz (uint8 `images` [N, H, W] or [N, C, H, W]) or a folder for PNGs")
     parser.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same images")
     parser.add_argument("--batch-size", type=int, default=1000, help="images generated per batch")
+    parser.add_argument("--labels", help="classes for a conditional model, e.g. 0,1,2 (repeated to fill --n; "
+                        "default: all classes in turn)")
+    parser.add_argument("--weights", default="model.safetensors",
+                        help="which weights of the run: model.safetensors (final) or best.safetensors")
     args = parser.parse_args(argv)
     if args.batch_size <= 0:
         raise GenlabError(f"--batch-size must be positive, got {args.batch_size}")
-    images = sample_run(args.run, args.n, seed=args.seed, batch_size=args.batch_size)
-    out = save_samples(images, args.out)
+    if args.n <= 0:
+        raise GenlabError(f"--n must be a positive number of images, got {args.n}")
+    wanted = None
+    if args.labels:
+        try:
+            wanted = [int(x) for x in args.labels.split(",") if x.strip()]
+        except ValueError:
+            raise GenlabError(f"--labels takes class numbers separated by commas, got {args.labels!r}") from None
+    _, model, _ = load_run(args.run, weights=args.weights)
+    labels = labels_for(model, args.n, wanted)
+    images = sample_from(model, args.n, seed=args.seed, batch_size=args.batch_size, labels=labels)
+    out = save_samples(images, args.out, labels)
     print(f"wrote {len(images)} images to {out}")
     return 0
 

@@ -26,9 +26,11 @@ import yaml
 from genlab.errors import GenlabError
 
 
-def option(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
-    """A dataclass field with its `--help` line, an optional flag name and allowed values."""
-    meta = {"help": help, "flag": flag, "choices": choices}
+def option(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
+           aliases: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with its `--help` line, an optional flag name (and other names) and
+    allowed values."""
+    meta = {"help": help, "flag": flag, "choices": choices, "aliases": aliases}
     return field(default=default, metadata=meta)
 
 
@@ -62,6 +64,7 @@ class TrainConfig:
     overwrite: bool = option(False, "replace an existing genlab run in --out (it is deleted)")
     log_every: int = option(20, "write losses to log.jsonl every N steps")
     grid_size: int = option(64, "images in each epoch's sample grid (fixed noise)")
+    grid_every: int = option(1, "write the sample grid every N epochs (raise it for tiny datasets)")
     device: str = option("auto", "where to train (auto: a GPU when there is one)",
                          choices=("auto", "cpu", "cuda", "mps"))
     threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
@@ -73,6 +76,8 @@ class TrainConfig:
     on_nan: str = option("stop", "on a NaN/inf loss or gradient: stop (keeping the last good weights) "
                          "or skip the batch", choices=("stop", "skip"))
     progress: bool = option(True, "show a progress bar")
+    diagnose_every: int | None = option(100, "probe for GAN failures (collapse, overfitting D) every N "
+                                        "steps; per-step checks run always (none: off)")
     eval_every: int | None = option(None, "every N steps score eval_n samples (FID, ...) and keep "
                                     "best.safetensors by FID")
     eval_n: int = option(2000, "samples scored by --eval-every")
@@ -86,13 +91,15 @@ class TrainConfig:
                 raise GenlabError(f"{name} must be positive, got {value}; pass a number above 0")
         if self.epochs is None and self.steps is None and self.minutes is None:
             raise GenlabError("no training budget: give --epochs, --steps or --minutes")
+        if self.diagnose_every is not None and self.diagnose_every <= 0:
+            raise GenlabError(f"diagnose_every must be positive, got {self.diagnose_every}")
         if self.eval_every is not None and self.eval_every <= 0:
             raise GenlabError(f"eval_every must be positive, got {self.eval_every}")
         if self.eval_n < 2:
             raise GenlabError(f"eval_n must be at least 2 samples, got {self.eval_n}")
         if self.checkpoint_every is not None and self.checkpoint_every <= 0:
             raise GenlabError(f"checkpoint_every must be positive, got {self.checkpoint_every}")
-        for name in ("batch_size", "log_every", "grid_size", "keep_checkpoints"):
+        for name in ("batch_size", "log_every", "grid_size", "grid_every", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 raise GenlabError(f"{name} must be positive, got {getattr(self, name)}")
         if self.threads is not None and self.threads <= 0:
@@ -264,7 +271,7 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, cls: type) 
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
                 kwargs["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
-        group.add_argument(_flag(f), **kwargs)
+        group.add_argument(_flag(f), *f.metadata.get("aliases", ()), **kwargs)
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:

@@ -37,17 +37,38 @@ def load_run(run_dir: str | Path, device: str = "cpu", weights: str = rundir.WEI
 
 def sample_run(run_dir: str | Path, n: int, seed: int = 0, labels=None,
                batch_size: int = 1000) -> torch.Tensor:
-    """`n` uint8 images [n, C, H, W]; the same seed gives the same images."""
+    """`n` uint8 images [n, C, H, W]; the same seed gives the same images. `labels` (class numbers,
+    repeated to fill n) is for conditional models."""
     if n <= 0:
         raise GenlabError(f"--n must be a positive number of images, got {n}")
     _, model, _ = load_run(run_dir)
-    return sample_from(model, n, seed=seed, batch_size=batch_size)
+    return sample_from(model, n, seed=seed, batch_size=batch_size, labels=labels_for(model, n, labels))
 
 
-def sample_from(model, n: int, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+def labels_for(model, n: int, wanted=None) -> torch.Tensor | None:
+    """The labels of `n` samples: `wanted` repeated to fill n, or balanced classes 0..K-1 for a
+    conditional model; None for an unconditional one (which refuses labels)."""
+    k = getattr(model, "conditional_classes", None)
+    if not k:
+        if wanted:
+            raise GenlabError("this model is not class-conditional; leave out --labels "
+                              "(train with --conditional for class control)")
+        return None
+    if not wanted:
+        return torch.arange(n) % k
+    wanted = torch.as_tensor(list(wanted), dtype=torch.int64)
+    if wanted.min() < 0 or wanted.max() >= k:
+        raise GenlabError(f"labels must be class numbers 0..{k - 1}, got {wanted.tolist()}")
+    return wanted.repeat(-(-n // len(wanted)))[:n]
+
+
+def sample_from(model, n: int, seed: int = 0, batch_size: int = 1000, labels: torch.Tensor | None = None) -> torch.Tensor:
     """`n` uint8 images from a family in batches; the same seed gives the same images."""
     generator = torch.Generator().manual_seed(seed)
-    parts = [model.sample(min(batch_size, n - start), generator=generator)
+    if labels is None:
+        labels = labels_for(model, n)
+    parts = [model.sample(min(batch_size, n - start), generator=generator,
+                          **({"labels": labels[start:start + batch_size]} if labels is not None else {}))
              for start in range(0, n, batch_size)]
     return torch.cat(parts)
 

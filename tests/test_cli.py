@@ -65,7 +65,7 @@ def bad(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "gan-xl"], "unknown model 'gan-xl'; known models: gan-mlp"),
+    (["--model", "gan-xl"], "unknown model 'gan-xl'; known models: gan-mlp, dcgan"),
     (["--dataset", "cifar"], "unknown dataset 'cifar'; known datasets: mnist-sample, mnist, fashion-mnist, folder"),
     (["--batch-size", "0"], "batch_size must be positive, got 0"),
     (["--batch-size", "-3"], "batch_size must be positive, got -3"),

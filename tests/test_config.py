@@ -17,7 +17,7 @@ def test_every_preset_parses_and_validates(path):
 def test_tutorial_preset_is_the_tutorial_recipe():
     cfg = load_config(Path(__file__).parents[1] / "configs" / "tutorial-gan-mnist.yaml")
     m = cfg.model
-    assert (m.name, m.latent_dim, m.g_loss, m.lr, m.beta1, m.beta2) == (
+    assert (m.name, m.latent_dim, m.loss, m.lr, m.beta1, m.beta2) == (
         "gan-mlp", 100, "non-saturating", 2e-4, 0.5, 0.999)
     assert cfg.train.batch_size == 64 and cfg.data.dataset == "mnist-sample"
 
@@ -48,15 +48,16 @@ def test_saved_config_never_carries_overwrite(tmp_path):
     ("train:\n  epochs: three\n", "`epochs` must be a int, got 'three'"),
     ("train:\n  batch_size: true\n", "`batch_size` must be a int"),
     ("train:\n  batch_size:\n", "`batch_size` cannot be empty"),
-    ("model:\n  g_loss: wasserstein\n", "`g_loss` must be one of non-saturating, minimax"),
-    ("model:\n  name: vqgan\n", "unknown model 'vqgan'; known models: gan-mlp"),
+    ("model:\n  loss: wasserstein\n", "`loss` must be one of non-saturating, minimax, hinge"),
+    ("model:\n  augment: rotate\n", "unknown augmentation rotate; known: translation, cutout, color"),
+    ("model:\n  name: vqgan\n", "unknown model 'vqgan'; known models: gan-mlp, dcgan"),
     ("- a\n- b\n", "must be a mapping"),
     ("train: [1, 2]\n", "must be a mapping"),
     ("train:\n  epochs: [\n", "not valid YAML"),
 ])
 def test_bad_yaml_is_named(tmp_path, text, message):
     with pytest.raises(GenlabError, match=message):
-        load_config(write(tmp_path, text))
+        load_config(write(tmp_path, text)).validate()
 
 
 def test_missing_config_file(tmp_path):

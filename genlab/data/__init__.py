@@ -49,4 +49,12 @@ def load_dataset(cfg: DataConfig) -> ImageSet:
     return data.subset(cfg.limit) if cfg.limit is not None else data
 
 
-__all__ = ["DATASETS", "DatasetEntry", "ImageSet", "dataset_names", "load_dataset", "register_dataset"]
+def load_heldout(cfg: DataConfig) -> ImageSet | None:
+    """The test split of `cfg`'s dataset, or None for a dataset without one (a folder of images)."""
+    test_cfg = DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, split="test", image_size=cfg.image_size)
+    if cfg.dataset == "folder":
+        return None
+    return load_dataset(test_cfg)
+
+
+__all__ = ["load_heldout", "DATASETS", "DatasetEntry", "ImageSet", "dataset_names", "load_dataset", "register_dataset"]

@@ -311,7 +311,8 @@ def training_scorer(data_cfg: DataConfig, n: int, seed: int, features=None, log=
     def score(model) -> dict:
         feats, logits = extractor(sample_from(model, n, seed=seed))
         values = score_features(feats, logits, ref, seed)
-        return {"features": extractor.name, **{k: values[k] for k in TRAINING_METRICS}}
+        return {"features": extractor.name, **{k: values[k] for k in TRAINING_METRICS},
+                "num_classes": int((ref.label_histogram > 0).sum())}
 
     return score
 

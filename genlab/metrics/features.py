@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import DataConfig
-from genlab.data import ImageSet, load_dataset
+from genlab.data import ImageSet, load_dataset, load_heldout
 from genlab.errors import GenlabError
 from genlab.paths import cache_dir
 from genlab.train.checkpoint import load_into, load_state, save_state
@@ -211,12 +211,6 @@ def get_extractor(data_cfg: DataConfig, recipe: FeatureRecipe = FeatureRecipe(),
     return Extractor(net, spec, folder)
 
 
-def load_test_split(train_cfg: DataConfig, train: ImageSet) -> ImageSet | None:
+def load_test_split(train_cfg: DataConfig, train: ImageSet | None = None) -> ImageSet | None:
     """The dataset's test split, or None when it has none (a folder of images)."""
-    try:
-        return load_dataset(DataConfig(dataset=train_cfg.dataset, data_dir=train_cfg.data_dir,
-                                       split="test", image_size=train_cfg.image_size))
-    except GenlabError:
-        if train_cfg.dataset == "folder":
-            return None
-        raise
+    return load_heldout(train_cfg)

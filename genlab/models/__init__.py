@@ -67,5 +67,7 @@ def build_model(config, image_shape: tuple[int, int, int], num_classes: int, run
 
 from genlab.models import gan  # noqa: E402  (registers its models)
 
-register_model("gan-mlp", gan.GanMlp, gan.GanMlpConfig,
+register_model("gan-mlp", gan.Gan, gan.GanMlpConfig,
                "the tutorial's MLP GAN: 100 -> 256 -> 512 -> 1024 -> 784, Tanh; Adam 2e-4")
+register_model("dcgan", gan.Gan, gan.DcganConfig,
+               "DCGAN: transposed-convolution G, convolutional D (28x28, 32x32, any channels)")

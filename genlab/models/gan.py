@@ -1,5 +1,10 @@
 """Generative adversarial networks (Goodfellow et al. 2014, https://arxiv.org/abs/1406.2661).
 
+Two architectures behind one family: `gan-mlp` and `dcgan` (networks in nets.py); five losses;
+the stabilisers the field uses (spectral normalisation, an EMA of G, separate learning rates,
+several D steps per G step, DiffAugment, a gradient penalty); class conditioning for any of them.
+With its defaults, `gan-mlp` is the tutorial's GAN exactly:
+
 `gan-mlp` is the tutorial's GAN, exactly: an MLP generator 100 -> 256 -> 512 -> 1024 -> 784 with
 LeakyReLU(0.2) and Tanh, an MLP discriminator 784 -> 512 -> 256 -> 1, Adam(2e-4, betas 0.5/0.999),
 images scaled to [-1, 1], and the minimax game
@@ -13,8 +18,8 @@ mathematics as BCE on probabilities without its overflow to log(0) once D satura
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from math import prod
 
 import torch
 import torch.nn.functional as F
@@ -22,75 +27,102 @@ from torch import nn
 
 from genlab.config import option
 from genlab.errors import GenlabError
+from genlab.models import nets
+from genlab.models.diffaug import augment, parse_policy
 from genlab.train.runtime import Runtime
 
-G_LOSSES = ("non-saturating", "minimax")
+LOSSES = ("non-saturating", "minimax", "hinge", "least-squares", "wgan-gp")
 
 
 @dataclass
 class GanMlpConfig:
-    """The tutorial GAN's recipe."""
+    """A GAN's recipe; the defaults are the tutorial's."""
 
     name: str = option("gan-mlp", "model family (listed at the end of --help)", flag="--model")
     latent_dim: int = option(100, "size of the noise vector z")
-    g_loss: str = option("non-saturating", "generator loss: -log D(G(z)) (non-saturating) or "
-                         "log(1 - D(G(z))) (minimax)", choices=G_LOSSES)
-    lr: float = option(2e-4, "Adam learning rate of G and D")
+    loss: str = option("non-saturating", "the game: non-saturating -log D(G(z)) or minimax log(1 - D(G(z))) "
+                       "for G with the tutorial's D loss; hinge; least-squares; wgan-gp", choices=LOSSES,
+                       aliases=("--g-loss",))
+    lr: float = option(2e-4, "Adam learning rate of G (and of D unless --lr-d)")
+    lr_d: float | None = option(None, "D's own learning rate (two time-scale update rule, TTUR)")
     beta1: float = option(0.5, "Adam beta1 of G and D")
     beta2: float = option(0.999, "Adam beta2 of G and D")
+    d_steps: int = option(1, "D updates per G update (each with fresh noise, on the same real batch)")
+    gp_weight: float = option(10.0, "weight of WGAN-GP's gradient penalty (with --loss wgan-gp)")
+    ema: float | None = option(None, "decay of an exponential moving average of G used for sampling (e.g. 0.999)")
+    spectral_norm: bool = option(False, "spectral normalisation of D's layers")
+    augment: str = option("", "DiffAugment policy for D's inputs: translation,cutout,color (small datasets)")
+    conditional: bool = option(False, "class-conditional: G and D are told the label")
+    conditioning: str = option("projection", "how D is told the label", choices=("projection", "concat"))
+    width: int = option(32, "channels of DCGAN's first layer (dcgan only)")
 
     def validate(self) -> None:
         if self.latent_dim <= 0:
             raise GenlabError(f"latent_dim must be positive, got {self.latent_dim}")
-        if self.lr <= 0:
-            raise GenlabError(f"lr must be positive, got {self.lr}")
+        for name in ("lr", "lr_d"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise GenlabError(f"{name} must be positive, got {value}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise GenlabError(f"Adam betas must lie in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.d_steps <= 0:
+            raise GenlabError(f"d_steps must be positive, got {self.d_steps}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise GenlabError(f"ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
+        if self.width < 4 or self.width % 2:
+            raise GenlabError(f"width must be an even number of channels >= 4, got {self.width}")
+        parse_policy(self.augment)
 
 
-class MLPGenerator(nn.Module):
-    """z [B, latent] -> image [B, C, H, W] in [-1, 1]."""
+@dataclass
+class DcganConfig(GanMlpConfig):
+    """DCGAN's recipe (Radford et al. 2015): the same options, convolutional nets."""
 
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int]):
-        super().__init__()
-        self.image_shape = image_shape
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, 256), nn.LeakyReLU(0.2),
-            nn.Linear(256, 512), nn.LeakyReLU(0.2),
-            nn.Linear(512, 1024), nn.LeakyReLU(0.2),
-            nn.Linear(1024, prod(image_shape)), nn.Tanh(),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(-1, *self.image_shape)
+    name: str = option("dcgan", "model family (listed at the end of --help)", flag="--model")
 
 
-class MLPDiscriminator(nn.Module):
-    """image [B, C, H, W] -> logit [B] of "real" (the tutorial's final Sigmoid lives in the loss)."""
-
-    def __init__(self, image_shape: tuple[int, int, int]):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(prod(image_shape), 512), nn.LeakyReLU(0.2),
-            nn.Linear(512, 256), nn.LeakyReLU(0.2),
-            nn.Linear(256, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+def d_loss(d_real: torch.Tensor, d_fake: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
+    """D's loss from raw scores. Minimax and non-saturating share the tutorial's
+    L_D = -mean(log D(x) + log(1 - D(G(z)))) with D = sigmoid(score)."""
+    if kind in ("non-saturating", "minimax"):
+        return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+    if kind == "hinge":  # Lim & Ye 2017, arXiv:1705.02894
+        return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+    if kind == "least-squares":  # Mao et al. 2017, arXiv:1611.04076
+        return 0.5 * (d_real - 1).square().mean() + 0.5 * d_fake.square().mean()
+    return d_fake.mean() - d_real.mean()  # wgan-gp: Gulrajani et al. 2017, arXiv:1704.00028
 
 
-def d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
-    """L_D = -mean(log D(x) + log(1 - D(G(z)))), from logits."""
-    return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-
-
-def g_loss(d_fake: torch.Tensor, kind: str) -> torch.Tensor:
-    """Non-saturating L_G = -mean(log D(G(z))); minimax L_G = mean(log(1 - D(G(z))))."""
+def g_loss(d_fake: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
+    """G's loss: non-saturating -mean(log D(G(z))); minimax mean(log(1 - D(G(z)))); and the others'."""
     if kind == "non-saturating":
         return F.softplus(-d_fake).mean()
-    return -F.softplus(d_fake).mean()
+    if kind == "minimax":
+        return -F.softplus(d_fake).mean()
+    if kind == "least-squares":
+        return 0.5 * (d_fake - 1).square().mean()
+    return -d_fake.mean()  # hinge and wgan-gp
+
+
+def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels) -> torch.Tensor:
+    """E[(||grad D(x_hat)|| - 1)^2] on x_hat = eps x + (1 - eps) G(z), with ONE eps per sample
+    (broadcast over its pixels; one per pixel is a known bug of popular code)."""
+    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(D(x_hat, labels).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def d_accuracy(d_real: torch.Tensor, d_fake: torch.Tensor, kind: str) -> float:
+    """How often D tells real from fake (threshold 0 on logits, 0.5 for least squares, the midpoint
+    of the two means for WGAN's unbounded critic): near 1 means D is winning outright."""
+    if kind == "least-squares":
+        t = 0.5
+    elif kind == "wgan-gp":
+        t = float((d_real.mean() + d_fake.mean()).detach() / 2)
+    else:
+        t = 0.0
+    return float(((d_real > t).float().mean() + (d_fake <= t).float().mean()) / 2)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -103,87 +135,172 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
 
 
-class GanMlp:
-    """The tutorial GAN as a genlab family: owns G, D and their Adam optimisers."""
+class Gan:
+    """A GAN as a genlab family: owns G, D, their Adam optimisers and G's moving average."""
 
     def __init__(self, config: GanMlpConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
         self.config = config
         self.rt = runtime or Runtime()
         self.device = self.rt.device
         self.image_shape = tuple(image_shape)
-        self.G = MLPGenerator(config.latent_dim, self.image_shape).to(self.device)
-        self.D = MLPDiscriminator(self.image_shape).to(self.device)
+        if config.conditional and num_classes < 2:
+            raise GenlabError("--conditional needs a labelled dataset (at least 2 classes); this one has "
+                              f"{num_classes}. Put a folder dataset's images in one subfolder per class")
+        self.conditional_classes = num_classes if config.conditional else None
+        k, sn = self.conditional_classes, config.spectral_norm
+        if config.name == "dcgan":
+            nets.check_dcgan_size(self.image_shape)
+            self.G = nets.DCGenerator(config.latent_dim, self.image_shape, config.width, k)
+            self.D = nets.DCDiscriminator(self.image_shape, config.width, k, config.conditioning, sn)
+        else:
+            self.G = nets.MLPGenerator(config.latent_dim, self.image_shape, k)
+            self.D = nets.MLPDiscriminator(self.image_shape, k, config.conditioning, sn)
+        self.G, self.D = self.G.to(self.device), self.D.to(self.device)
         betas = (config.beta1, config.beta2)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas)
-
-    def nets(self) -> dict[str, nn.Module]:
-        return {"G": self.G, "D": self.D}
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
-        """One D update then one G update on the same fakes, as in the tutorial.
-
-        A NaN or inf in D's loss or gradients (bad data, a diverged G) is refused before either
-        update; one in G's loss or gradients is refused before G's update, after D's."""
-        rt = self.rt
-        x = to_unit(images.to(self.device))
-        # z for the whole global batch, this rank's share: N ranks compute what one process does
-        z = rt.shard(torch.randn(rt.global_batch(len(x)), self.config.latent_dim, device=self.device))
-        with rt.autocast():
-            fake = self.G(z)
-            d_real, d_fake = self.D(x).float(), self.D(fake.detach()).float()
-            loss_d = d_loss(d_real, d_fake)
-        self.opt_D.zero_grad(set_to_none=True)
-        rt.backward(loss_d)
-        grad_d = rt.finish_grads("D", self.D, self.opt_D, loss_d)
-        rt.step(self.opt_D)
-
-        self.D.requires_grad_(False)  # G's update needs gradients through D, not of D's weights
-        try:
-            with rt.autocast():
-                loss_g = g_loss(self.D(fake).float(), self.config.g_loss)
-            self.opt_G.zero_grad(set_to_none=True)
-            rt.backward(loss_g)
-        finally:
-            self.D.requires_grad_(True)
-        grad_g = rt.finish_grads("G", self.G, self.opt_G, loss_g)
-        rt.step(self.opt_G)
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                "d_real": torch.sigmoid(d_real).mean().item(),  # D(x)
-                "d_fake": torch.sigmoid(d_fake).mean().item(),  # D(G(z)), before D's update
-                "grad_norm_d": grad_d, "grad_norm_g": grad_g}
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d or config.lr, betas=betas)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if config.ema else None
+        self.policy = parse_policy(config.augment)
 
     @property
     def latent_dim(self) -> int:
         return self.config.latent_dim
 
+    @property
+    def d_outputs_probabilities(self) -> bool:
+        """Whether sigmoid(D's score) is a probability (the BCE games) rather than a raw score."""
+        return self.config.loss in ("non-saturating", "minimax")
+
+    def nets(self) -> dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D, **({"G_ema": self.G_ema} if self.G_ema is not None else {})}
+
+    # ---------------------------------------------------------------- training
+
+    def _generate(self, batch: int, labels) -> torch.Tensor:
+        # z for the whole global batch, this rank's share: N ranks compute what one process does
+        z = self.rt.shard(torch.randn(self.rt.global_batch(batch), self.config.latent_dim, device=self.device))
+        with self.rt.autocast():
+            return self.G(z, labels)
+
+    def _aug(self, x: torch.Tensor) -> torch.Tensor:
+        return augment(x, self.policy) if self.policy else x
+
+    def _update_d(self, x, fake, labels) -> dict[str, float]:
+        rt, kind = self.rt, self.config.loss
+        with rt.autocast():
+            x_in, fake_in = self._aug(x), self._aug(fake)
+            d_real, d_fake = self.D(x_in, labels).float(), self.D(fake_in, labels).float()
+            loss = d_loss(d_real, d_fake, kind)
+            if kind == "wgan-gp":
+                loss = loss + self.config.gp_weight * gradient_penalty(self.D, x_in, fake_in, labels)
+        self.opt_D.zero_grad(set_to_none=True)
+        rt.backward(loss)
+        grad = rt.finish_grads("D", self.D, self.opt_D, loss)
+        rt.step(self.opt_D)
+        probabilities = kind in ("non-saturating", "minimax")
+        show = torch.sigmoid if probabilities else (lambda t: t)
+        return {"loss_d": loss.item(), "d_real": show(d_real).mean().item(),  # D(x)
+                "d_fake": show(d_fake).mean().item(),  # D(G(z)), before D's update
+                "d_acc": d_accuracy(d_real, d_fake, kind), "grad_norm_d": grad}
+
+    def _update_g(self, fake, labels) -> dict[str, float]:
+        rt = self.rt
+        self.D.requires_grad_(False)  # G's update needs gradients through D, not of D's weights
+        try:
+            with rt.autocast():
+                loss = g_loss(self.D(self._aug(fake), labels).float(), self.config.loss)
+            self.opt_G.zero_grad(set_to_none=True)
+            rt.backward(loss)
+        finally:
+            self.D.requires_grad_(True)
+        grad = rt.finish_grads("G", self.G, self.opt_G, loss)
+        rt.step(self.opt_G)
+        if self.G_ema is not None:
+            self._update_ema()
+        return {"loss_g": loss.item(), "grad_norm_g": grad}
+
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def _update_ema(self) -> None:
+        ema_p, p = list(self.G_ema.parameters()), list(self.G.parameters())
+        torch._foreach_lerp_(ema_p, p, 1 - self.config.ema)
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)  # BatchNorm statistics follow G's
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """D's update(s), then G's. With one D step the same fakes serve both, as in the tutorial.
+
+        A NaN or inf in D's loss or gradients (bad data, a diverged G) is refused before either
+        update; one in G's loss or gradients is refused before G's update, after D's."""
+        x = to_unit(images.to(self.device))
+        y = labels.to(self.device) if self.conditional_classes else None
+        if self.config.d_steps == 1:
+            fake = self._generate(len(x), y)
+            logs = self._update_d(x, fake.detach(), y)
+        else:
+            for _ in range(self.config.d_steps):
+                with torch.no_grad():
+                    fake_d = self._generate(len(x), y)
+                logs = self._update_d(x, fake_d, y)
+            fake = self._generate(len(x), y)
+        return {**logs, **self._update_g(fake, y)}
+
+    # ---------------------------------------------------------------- sampling
+
+    def _sampler(self) -> nn.Module:
+        return self.G_ema if self.G_ema is not None else self.G
+
+    def default_labels(self, n: int) -> torch.Tensor | None:
+        """Balanced labels 0, 1, ..., K-1, 0, 1, ... for a conditional model; None otherwise."""
+        return torch.arange(n) % self.conditional_classes if self.conditional_classes else None
+
+    def _check_labels(self, labels, n: int):
+        if not self.conditional_classes:
+            return None
+        labels = self.default_labels(n) if labels is None else torch.as_tensor(labels, dtype=torch.int64)
+        if len(labels) != n or labels.min() < 0 or labels.max() >= self.conditional_classes:
+            raise GenlabError(f"labels must be {n} class numbers in 0..{self.conditional_classes - 1}")
+        return labels.to(self.device)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, labels=None) -> torch.Tensor:
         """Images as floats in [0, 1] [n, C, H, W] from latents z [n, latent_dim], unquantised (for
         perceptual path length, whose 1e-4 steps would vanish in uint8)."""
-        was_training = self.G.training
-        self.G.eval()
-        x = (self.G(z.to(self.device)).float() + 1) / 2
-        self.G.train(was_training)
+        G = self._sampler()
+        was_training = G.training
+        G.eval()
+        x = (G(z.to(self.device), self._check_labels(labels, len(z))).float() + 1) / 2
+        G.train(was_training)
         return x
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images, uint8 [n, C, H, W] on the CPU; z is drawn on the CPU so a seed means the same
-        images on any device."""
-        z = torch.randn(n, self.config.latent_dim, generator=generator).to(self.device)
-        was_training = self.G.training
-        self.G.eval()
-        images = to_uint8(self.G(z)).cpu()
-        self.G.train(was_training)
-        return images
+        images on any device. A conditional model without `labels` draws balanced classes."""
+        z = torch.randn(n, self.config.latent_dim, generator=generator)
+        return to_uint8(self.decode(z, labels) * 2 - 1).cpu()
+
+    @torch.no_grad()
+    def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """D's raw score of uint8 images [n] (diagnostics compare training and held-out images)."""
+        y = labels.to(self.device) if self.conditional_classes else None
+        return self.D(to_unit(images.to(self.device)), y).float().cpu()
+
+    # ---------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(),
-                "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict()}
+        state = {"G": self.G.state_dict(), "D": self.D.state_dict(),
+                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict()}
+        if self.G_ema is not None:
+            state["G_ema"] = self.G_ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(state["G_ema"])
+
+
+GanMlp = Gan  # the tutorial's name for the family

@@ -179,12 +179,18 @@ class Recorder:
         self.say(f"step {state.step}: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
 
+    def diagnosis(self, d) -> None:
+        self._append(rundir.DIAGNOSES, d.to_json())
+        self.say(f"diagnosis at step {d.step}: {d.sentence}")
+
     def grid(self, name: str) -> None:
-        """A grid from the same noise every time, so epochs can be compared image by image."""
+        """A grid from the same noise every time, so epochs can be compared image by image; for a
+        conditional model one column per class."""
         if self.enabled:
             fixed = torch.Generator().manual_seed(self.cfg.seed)
-            save_grid(self.model.sample(self.cfg.grid_size, generator=fixed),
-                      self.run / rundir.SAMPLES / f"{name}.png")
+            k = getattr(self.model, "conditional_classes", None)
+            n, nrow = (k * -(-self.cfg.grid_size // k), k) if k else (self.cfg.grid_size, None)
+            save_grid(self.model.sample(n, generator=fixed), self.run / rundir.SAMPLES / f"{name}.png", nrow=nrow)
 
     def say(self, text: str) -> None:
         if self.enabled:
@@ -217,6 +223,8 @@ class Loop:
     order: torch.Generator  # the data order, separate from the model's noise
     perm: torch.Tensor | None = None
     scorer: object = None
+    diagnostics: object = None  # genlab.train.diagnostics.Diagnostics, on rank 0
+    last_scores: dict | None = None
 
     def checkpoint_tree(self) -> dict:
         return {"model": self.model.state_dict(), "runtime": self.rt.state_dict(),
@@ -257,6 +265,9 @@ def one_step(loop: Loop, per_epoch: int) -> None:
     state.step += 1
     state.images_seen += cfg.batch_size
     loop.rec.step(state, logs, cfg.batch_size)
+    if loop.diagnostics is not None:
+        for found in loop.diagnostics.observe(state.step, logs):
+            loop.rec.diagnosis(found)
 
 
 def after_step(loop: Loop, per_epoch: int, stop: StopRequest, started: float) -> None:
@@ -264,7 +275,8 @@ def after_step(loop: Loop, per_epoch: int, stop: StopRequest, started: float) ->
     state, cfg = loop.state, loop.cfg
     if state.step % per_epoch == 0:
         state.epoch += 1
-        loop.rec.grid(f"epoch_{state.epoch:03d}")
+        if state.epoch % cfg.grid_every == 0:
+            loop.rec.grid(f"epoch_{state.epoch:03d}")
         last = state.history[-1] if state.history else {}
         loop.rec.say(f"epoch {state.epoch}: step {state.step}, " + ", ".join(
             f"{k} {v:.0f}" if k == "img_per_s" else f"{k} {v:.3f}"
@@ -273,6 +285,9 @@ def after_step(loop: Loop, per_epoch: int, stop: StopRequest, started: float) ->
         paused = time.monotonic()
         evaluate_now(loop)
         loop.rec.window_start += time.monotonic() - paused  # img/s counts training only
+    if loop.diagnostics is not None and state.step % cfg.diagnose_every == 0:
+        for found in loop.diagnostics.probe(state.step, loop.last_scores):
+            loop.rec.diagnosis(found)
     state.seconds = time.monotonic() - started
     state.stop_reason = budget_reached(state, cfg)
     if distributed.any_rank(stop.requested, loop.ranks, loop.rt.device) and not state.stop_reason:
@@ -284,6 +299,7 @@ def after_step(loop: Loop, per_epoch: int, stop: StopRequest, started: float) ->
 def evaluate_now(loop: Loop) -> None:
     """Score the model and keep its state as best.safetensors when its FID is the lowest yet."""
     values = loop.scorer(loop.model)
+    loop.last_scores = values
     loop.rec.scores(loop.state, values)
     if values["fid"] < loop.state.best_fid:
         loop.state.best_fid = values["fid"]
@@ -411,6 +427,8 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
                    enabled=ranks.is_main)
     loop = Loop(model, data, config.train, run, rt, ranks, rec, LoopState(),
                 torch.Generator().manual_seed(config.train.seed), scorer=scorer)
+    if config.train.diagnose_every and ranks.is_main:
+        loop.diagnostics = make_diagnostics(model, data, config)
     if tree is not None:
         loop.restore(tree, str(source))
         if ranks.is_main:
@@ -420,6 +438,16 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
             save_config(config, run / rundir.CONFIG)  # new budgets, if any
         rec.say(f"resuming {run} from step {loop.state.step}")
     return finish(loop, meta, config)
+
+
+def make_diagnostics(model, data: ImageSet, config: RunConfig):
+    from genlab.data import load_heldout
+    from genlab.train.diagnostics import Diagnostics
+
+    heldout = load_heldout(config.data) if config.data.split == "train" else None
+    return Diagnostics(model, data.images, data.labels, heldout and (heldout.images, heldout.labels),
+                       every=config.train.diagnose_every, seed=config.train.seed,
+                       probabilities=getattr(model, "d_outputs_probabilities", True))
 
 
 def finish(loop: Loop, meta: dict, config: RunConfig) -> Path:

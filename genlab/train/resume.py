@@ -26,9 +26,9 @@ NAME = re.compile(r"^step-(\d{8,})\.safetensors$")
 # Fields a resume may change: budgets and how the run reports or runs, never what it computes.
 RESUMABLE_CHANGES = {
     "train.epochs", "train.steps", "train.minutes", "train.out", "train.overwrite", "train.log_every",
-    "train.grid_size", "train.device", "train.threads", "train.progress", "train.eval_every",
+    "train.grid_size", "train.grid_every", "train.device", "train.threads", "train.progress", "train.eval_every",
     "train.eval_n", "train.eval_features", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.on_nan", "train.compile",
+    "train.on_nan", "train.compile", "train.diagnose_every",
 }
 
 

@@ -9,6 +9,7 @@
     metrics.jsonl      with --eval-every: the scores of every evaluation
     best.safetensors   with --eval-every: the state with the lowest FID so far
     eval.json          written by `genlab eval RUN`
+    diagnostics.jsonl  each training failure diagnosed (genlab.train.diagnostics), as it started
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from genlab.errors import GenlabError
 RUN_MARKERS = ("config.yaml", "run.json")
 CONFIG, META, LOG, SAMPLES, CURVE, WEIGHTS = (
     "config.yaml", "run.json", "log.jsonl", "samples", "loss_curve.png", "model.safetensors")
-METRICS, BEST, EVAL = "metrics.jsonl", "best.safetensors", "eval.json"
+METRICS, BEST, EVAL, DIAGNOSES = "metrics.jsonl", "best.safetensors", "eval.json", "diagnostics.jsonl"
 
 
 def is_run(path: Path) -> bool:

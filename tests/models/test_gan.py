@@ -17,7 +17,7 @@ def tutorial_gan(seed=0, **overrides):
 def test_the_tutorial_architecture_exactly():
     gan = tutorial_gan()
     g = [(m.in_features, m.out_features) for m in gan.G.net if isinstance(m, torch.nn.Linear)]
-    d = [(m.in_features, m.out_features) for m in gan.D.net if isinstance(m, torch.nn.Linear)]
+    d = [(m.in_features, m.out_features) for m in [*gan.D.net, gan.D.head.out] if isinstance(m, torch.nn.Linear)]
     assert g == [(100, 256), (256, 512), (512, 1024), (1024, 784)]
     assert d == [(784, 512), (512, 256), (256, 1)]
     assert isinstance(gan.G.net[-1], torch.nn.Tanh)
@@ -54,7 +54,7 @@ def test_a_step_changes_both_nets_and_reports_finite_logs(mnist_sample):
     gan = tutorial_gan()
     before = weights_of(gan)
     logs = gan.train_step(mnist_sample.images[:32], mnist_sample.labels[:32])
-    assert set(logs) == {"loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d", "grad_norm_g"}
+    assert set(logs) == {"loss_d", "loss_g", "d_real", "d_fake", "d_acc", "grad_norm_d", "grad_norm_g"}
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert 0 < logs["d_real"] < 1 and 0 < logs["d_fake"] < 1
     after = weights_of(gan)
@@ -116,10 +116,10 @@ def test_register_model_checks_the_family_interface():
         register_model("other", GanMlp, GanMlpConfig, "x")
     with pytest.raises(ValueError, match="already registered"):
         register_model("gan-mlp", GanMlp, GanMlpConfig, "x")
-    assert list(MODELS) == ["gan-mlp"]
+    assert list(MODELS) == ["gan-mlp", "dcgan"]
 
 
 def test_minimax_generator_loss_option():
-    gan = tutorial_gan(g_loss="minimax")
-    assert gan.config.g_loss == "minimax"
+    gan = tutorial_gan(loss="minimax")
+    assert gan.config.loss == "minimax"
     assert isinstance(gan.config, GanMlpConfig)

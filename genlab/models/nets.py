@@ -1,0 +1,160 @@
+"""Networks shared by the families: the tutorial's MLPs, DCGAN's convolutional G and D, and the two
+ways of telling a discriminator the class.
+
+Every generator maps (z [B, latent], labels [B] or None) -> images [B, C, H, W] in [-1, 1]; every
+discriminator maps (images, labels or None) -> one raw score per image [B]. Class conditioning:
+G gets a learned label embedding concatenated to z (Mirza & Osindero 2014, arXiv:1411.1784); D gets
+either the projection term <embed(y), h> added to its score (Miyato & Koyama 2018,
+arXiv:1802.05637) or one-hot label maps concatenated to its input.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LABEL_DIM = 16  # size of G's label embedding
+
+
+def maybe_sn(layer: nn.Module, spectral: bool) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018, arXiv:1802.05957) where asked."""
+    return nn.utils.parametrizations.spectral_norm(layer) if spectral else layer
+
+
+class LabelInput(nn.Module):
+    """G's input: z, with the label embedding appended when the model is conditional."""
+
+    def __init__(self, num_classes: int | None):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, LABEL_DIM) if num_classes else None
+        self.extra = LABEL_DIM if num_classes else 0
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([z, self.embed(labels)], 1) if self.embed is not None else z
+
+
+class DiscriminatorHead(nn.Module):
+    """Score from features h [B, F]: a linear map, plus the projection <embed(y), h> when
+    conditional by projection."""
+
+    def __init__(self, features: int, num_classes: int | None, projection: bool, spectral: bool):
+        super().__init__()
+        self.out = maybe_sn(nn.Linear(features, 1), spectral)
+        self.embed = maybe_sn(nn.Embedding(num_classes, features), spectral) if projection else None
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        score = self.out(h).squeeze(1)
+        if self.embed is not None:
+            score = score + (self.embed(labels) * h).sum(1)
+        return score
+
+
+def one_hot_maps(labels: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:
+    """One-hot labels as constant image channels [B, K, H, W], for conditioning D by concatenation."""
+    maps = F.one_hot(labels, num_classes).to(like.dtype)
+    return maps[:, :, None, None].expand(-1, -1, like.shape[2], like.shape[3])
+
+
+# ---------------------------------------------------------------- the tutorial's MLPs
+
+class MLPGenerator(nn.Module):
+    """z [B, latent] -> 256 -> 512 -> 1024 -> C*H*W, LeakyReLU(0.2), Tanh (the tutorial's G)."""
+
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], num_classes: int | None = None):
+        super().__init__()
+        self.image_shape = image_shape
+        self.cond = LabelInput(num_classes)
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim + self.cond.extra, 256), nn.LeakyReLU(0.2),
+            nn.Linear(256, 512), nn.LeakyReLU(0.2),
+            nn.Linear(512, 1024), nn.LeakyReLU(0.2),
+            nn.Linear(1024, prod(image_shape)), nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.cond(z, labels)).view(-1, *self.image_shape)
+
+
+class MLPDiscriminator(nn.Module):
+    """image -> 512 -> 256 -> score, LeakyReLU(0.2) (the tutorial's D; its Sigmoid is in the loss)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int | None = None,
+                 conditioning: str = "projection", spectral: bool = False):
+        super().__init__()
+        self.num_classes = num_classes if conditioning == "concat" else None
+        extra = num_classes if self.num_classes else 0
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            maybe_sn(nn.Linear(prod(image_shape) + extra, 512), spectral), nn.LeakyReLU(0.2),
+            maybe_sn(nn.Linear(512, 256), spectral), nn.LeakyReLU(0.2),
+        )
+        self.head = DiscriminatorHead(256, num_classes, num_classes is not None and conditioning == "projection",
+                                      spectral)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes:
+            x = torch.cat([x.flatten(1), F.one_hot(labels, self.num_classes).to(x.dtype)], 1)
+        return self.head(self.net(x), labels)
+
+
+# ---------------------------------------------------------------- DCGAN (Radford et al. 2015, arXiv:1511.06434)
+
+def check_dcgan_size(image_shape: tuple[int, int, int]) -> None:
+    from genlab.errors import GenlabError
+
+    _, h, w = image_shape
+    if h != w or h % 4 or h < 8:
+        raise GenlabError(f"dcgan needs square images with a side divisible by 4 (28, 32, ...), got {h}x{w}; "
+                          "use --image-size for a folder dataset")
+
+
+class DCGenerator(nn.Module):
+    """z -> (2w, H/4, W/4) -> ConvT -> (w, H/2) -> ConvT -> (w/2, H) -> Conv -> C, Tanh; BatchNorm
+    and ReLU between, as in DCGAN."""
+
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 32,
+                 num_classes: int | None = None):
+        super().__init__()
+        c, h, _ = image_shape
+        self.start = (2 * width, h // 4, h // 4)
+        self.cond = LabelInput(num_classes)
+        self.project = nn.Sequential(nn.Linear(latent_dim + self.cond.extra, prod(self.start), bias=False),
+                                     nn.BatchNorm1d(prod(self.start)), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(),
+            nn.Conv2d(width // 2, c, 3, 1, 1), nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.project(self.cond(z, labels)).view(-1, *self.start))
+
+
+class DCDiscriminator(nn.Module):
+    """image -> Conv(4, stride 2) -> (w, H/2) -> Conv -> (2w, H/4) -> Conv -> (2w, H/4) -> score;
+    LeakyReLU(0.2), no BatchNorm (it would mix real and fake statistics and break the gradient
+    penalty), spectral normalisation as an option."""
+
+    def __init__(self, image_shape: tuple[int, int, int], width: int = 32, num_classes: int | None = None,
+                 conditioning: str = "projection", spectral: bool = False):
+        super().__init__()
+        c, h, _ = image_shape
+        self.num_classes = num_classes if conditioning == "concat" else None
+        c_in = c + (num_classes if self.num_classes else 0)
+        self.net = nn.Sequential(
+            maybe_sn(nn.Conv2d(c_in, width, 4, 2, 1), spectral), nn.LeakyReLU(0.2),
+            maybe_sn(nn.Conv2d(width, 2 * width, 4, 2, 1), spectral), nn.LeakyReLU(0.2),
+            maybe_sn(nn.Conv2d(2 * width, 2 * width, 3, 1, 1), spectral), nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        features = 2 * width * (h // 4) ** 2
+        self.head = DiscriminatorHead(features, num_classes, num_classes is not None and conditioning == "projection",
+                                      spectral)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes:
+            x = torch.cat([x, one_hot_maps(labels, self.num_classes, x)], 1)
+        return self.head(self.net(x), labels)
