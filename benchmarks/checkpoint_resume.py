@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from genlab.config import default_config
 from genlab.models import MODELS, build_model
 from genlab.train import resume
 from genlab.train.checkpoint import load_state

@@ -133,3 +133,26 @@ def test_argparse_type_errors_and_help_exit_cleanly(tmp_path):
         assert flag in help_text
     assert "mnist-sample" in help_text and "gan-mlp" in help_text
     assert "train" in genlab("--help").stdout and genlab("nonsense").returncode == 2
+
+
+def test_conditional_sampling_from_the_command_line(tmp_path, capsys):
+    from PIL import Image
+
+    assert main(["train", "--steps", "2", "--conditional", "--grid-size", "20", "--out", str(tmp_path / "c"), *TINY]) == 0
+    with Image.open(tmp_path / "c" / "samples" / "final.png") as grid:  # one column per class: 10 x 2
+        assert grid.size == (2 * (2 + 10 * 30), 2 * (2 + 2 * 30))
+    assert main(["sample", str(tmp_path / "c"), "--n", "7", "--labels", "0,1,2", "--out", str(tmp_path / "s.npz")]) == 0
+    saved = np.load(tmp_path / "s.npz")
+    assert saved["labels"].tolist() == [0, 1, 2, 0, 1, 2, 0] and saved["images"].shape == (7, 28, 28)
+    code, err = bad(capsys, "sample", tmp_path / "c", "--labels", "0,11", "--out", tmp_path / "t.npz")
+    assert code == 2 and "labels must be class numbers 0..9" in err
+    assert main(["train", "--steps", "1", "--out", str(tmp_path / "u"), *TINY]) == 0
+    code, err = bad(capsys, "sample", tmp_path / "u", "--labels", "1", "--out", tmp_path / "t.npz")
+    assert code == 2 and "not class-conditional" in err
+
+
+def test_unknown_gan_options_are_refused(tmp_path, capsys):
+    done = genlab("train", "--model", "dcgan", "--loss", "wasserstein", "--out", tmp_path / "r")
+    assert done.returncode == 2 and "invalid choice: 'wasserstein'" in done.stderr and "hinge" in done.stderr
+    code, err = bad(capsys, "train", "--augment", "rotate", "--out", tmp_path / "r")
+    assert code == 2 and "unknown augmentation rotate" in err

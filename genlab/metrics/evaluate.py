@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from genlab.config import DataConfig
-from genlab.data import ImageSet, load_dataset
+from genlab.data import ImageSet, load_dataset, load_heldout
 from genlab.errors import GenlabError
 from genlab.metrics import scores
-from genlab.metrics.features import Extractor, get_extractor, load_extractor, load_test_split
+from genlab.metrics.features import Extractor, get_extractor, load_extractor
 from genlab.train.checkpoint import load_state, save_state
 
 # metric -> which way is better (shown in the table)
@@ -51,7 +51,7 @@ def split_reference(data_cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     train_cfg = DataConfig(dataset=data_cfg.dataset, data_dir=data_cfg.data_dir, split="train",
                            image_size=data_cfg.image_size)
     train = load_dataset(train_cfg)
-    test = load_test_split(train_cfg, train)
+    test = load_heldout(train_cfg)
     if test is not None:
         return train, test
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
@@ -110,8 +110,13 @@ def score_features(feats: torch.Tensor, logits: torch.Tensor, ref: Reference, se
            "kid": k["mean"], "kid_std": k["std"]}
     is_ = scores.inception_score(logits, splits=10, generator=gen)
     out.update({"is": is_["mean"], "is_std": is_["std"]})
-    out.update(scores.precision_recall(knn_real, feats, 3, real_radii=k3))
-    out.update(scores.density_coverage(knn_real, feats, 5, real_radii=k5))
+    # The k-NN metrics compare equally many real and generated points, as Kynkäänniemi et al. and
+    # Naeem et al. do: with more fakes than reals the fakes' k-NN balls shrink and recall is
+    # understated (and precision overstated). The samples are i.i.d., so the first m stand for all.
+    knn_fake = feats[:len(knn_real)]
+    out["knn_n"] = len(knn_real)
+    out.update(scores.precision_recall(knn_real, knn_fake, 3, real_radii=k3))
+    out.update(scores.density_coverage(knn_real, knn_fake, 5, real_radii=k5))
     cc = scores.class_coverage(logits.argmax(1), ref.label_histogram)
     out.update({"classes_found": cc["classes_found"], "class_tv": cc["class_tv"],
                 "class_histogram": cc["histogram"]})
@@ -293,6 +298,7 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
         metrics[name]["std"] = values[f"{name}_std"]
     return {"features": extractor.name, "features_test_accuracy": extractor.spec.get("test_accuracy"),
             "dataset": dataset, "n": len(x), "floor_n": min(len(x), len(ref.heldout_features)),
+            "knn_n": values["knn_n"],
             "class_histogram": values["class_histogram"], "class_names": extractor.spec["class_names"],
             "warnings": values["warnings"], "metrics": metrics}
 
@@ -349,5 +355,6 @@ def format_table(result: dict) -> str:
     acc = result.get("features_test_accuracy")
     head = (f"{result['n']} samples, dataset {result['dataset']}, features {result['features']}"
             + (f" (test accuracy {acc:.2%})" if acc is not None else "")
-            + f"; real floor: {result['floor_n']} held-out real images")
+            + f"; real floor: {result['floor_n']} held-out real images; precision/recall/density/coverage "
+            f"with {result['knn_n']} real and {result['knn_n']} generated")
     return "\n".join([head, *lines, *[f"warning: {w}" for w in result["warnings"]]])

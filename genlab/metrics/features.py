@@ -195,7 +195,7 @@ def get_extractor(data_cfg: DataConfig, recipe: FeatureRecipe = FeatureRecipe(),
     log(f"training the feature extractor for {data_cfg.dataset} once (cached afterwards)...")
     started = time.monotonic()
     net = train_classifier(train, recipe, log)
-    test = load_test_split(train_cfg, train)
+    test = load_heldout(train_cfg)
     name = f"{data_cfg.dataset}-{weights_hash(net)[:8]}"
     spec = {"name": name, "dataset": data_cfg.dataset, "data_checksum": train.checksum,
             "image_shape": list(train.shape), "num_classes": train.num_classes,
@@ -209,8 +209,3 @@ def get_extractor(data_cfg: DataConfig, recipe: FeatureRecipe = FeatureRecipe(),
     acc = "n/a" if spec["test_accuracy"] is None else f"{spec['test_accuracy']:.2%}"
     log(f"feature extractor {name}: test accuracy {acc}, {spec['train_seconds']:.0f} s")
     return Extractor(net, spec, folder)
-
-
-def load_test_split(train_cfg: DataConfig, train: ImageSet | None = None) -> ImageSet | None:
-    """The dataset's test split, or None when it has none (a folder of images)."""
-    return load_heldout(train_cfg)

@@ -66,6 +66,7 @@ class Diagnostics:
         self.seen_steps = 0
         self.active: set[str] = set()
         self.reported: dict[str, int] = {}  # kind -> step it was last reported
+        self.overpowered_for = 0  # consecutive steps the windowed overpowering condition has held
         self.strikes = {"mode_collapse": 0, "d_overfitting": 0}
         self.last_drift: float | None = None
 
@@ -85,8 +86,10 @@ class Diagnostics:
 
     def _overpowering(self, step: int) -> Diagnosis | None:
         d_fake, d_acc = self._mean("d_fake"), self._mean("d_acc")
-        if d_acc is None or d_acc < 0.95 or (self.probabilities and (d_fake is None or d_fake > 0.1)):
-            return None
+        holds = d_acc is not None and d_acc >= 0.95 and not (self.probabilities and (d_fake is None or d_fake > 0.1))
+        self.overpowered_for = self.overpowered_for + 1 if holds else 0
+        if self.overpowered_for < WINDOW:  # the 50-step average must stay there for 50 more steps:
+            return None                     # DCGAN's D often wins briefly in its first hundred steps
         g = self._mean("grad_norm_g")
         g_then = 10 ** self.log_history["grad_norm_g"] if "grad_norm_g" in self.log_history else None
         evidence = {"d_fake": d_fake, "d_acc": d_acc, "grad_norm_g": g, "grad_norm_g_history": g_then}
@@ -94,9 +97,11 @@ class Diagnostics:
                   if g is not None and g_then and g_then > 1e-12 else "")
         shown = f"D(G(z)) has averaged {d_fake:.3f}" if self.probabilities else \
             f"D has told real from fake {d_acc:.0%} of the time"
+        lasting = f"{WINDOW} steps (and below 0.1 for {2 * WINDOW})" if self.probabilities else \
+            f"{WINDOW} steps (and above 95% for {2 * WINDOW})"
         return Diagnosis("d_overpowering", step,
-                         f"The discriminator is overpowering the generator: {shown} over the last {WINDOW} "
-                         f"steps{g_text}. G gets little useful signal. Try a lower D learning rate "
+                         f"The discriminator is overpowering the generator: {shown} over the last "
+                         f"{lasting}{g_text}. G gets little useful signal. Try a lower D learning rate "
                          "(--lr-d), spectral normalisation (--spectral-norm), --augment translation,cutout, or "
                          "the non-saturating loss.", evidence)
 

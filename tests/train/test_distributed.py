@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from tests.train.test_resume import assert_same_bits, full_state
 
