@@ -3,7 +3,7 @@
 Trains the tutorial GAN for the same number of steps, batch size and threads twice in one process:
 once with a plain 20-line PyTorch loop over a float tensor, once with genlab's `run_loop` (progress
 bar, log.jsonl, a sample grid after every epoch, uint8 batches converted per step, the NaN/inf
-guard on every loss and gradient, a checkpoint every 1,000 steps). Runs alternate
+guard on every loss and gradient, a checkpoint every 1,000 steps, the GAN diagnostics). Runs alternate
 (plain, genlab, plain, genlab, ...) so that drift in the machine's speed hits both; the median
 img/s of each is reported, with the ratio. End-to-end `genlab.train` (which adds loading the data,
 the loss-curve plot and the final weights) is timed once for reference.
@@ -70,6 +70,9 @@ def genlab_loop(data, steps: int, batch: int, seed: int, out: Path) -> float:
     rec = loop.Recorder(out, cfg, steps, model)
     state = loop.LoopState()
     job = loop.Loop(model, data, cfg, out, rt, Ranks(), rec, state, torch.Generator().manual_seed(seed))
+    # the GAN diagnostics, as `genlab train` attaches them by default (per-step checks, probes every 100)
+    job.diagnostics = loop.make_diagnostics(model, data, RunConfig(DataConfig(dataset="mnist-sample"),
+                                                                   default_config().model, cfg))
     start = time.perf_counter()
     with loop.StopRequest() as stop:
         loop.run_loop(job, stop)
