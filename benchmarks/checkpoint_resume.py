@@ -24,6 +24,7 @@ import torch
 from genlab.models import MODELS, build_model
 from genlab.train import resume
 from genlab.train.checkpoint import load_state
+from write_table import write_table  # benchmarks/write_table.py, beside this script
 
 
 def largest_family() -> tuple[str, object]:
@@ -85,9 +86,7 @@ def main() -> None:
         f"| 2 gloo processes, 1 thread each | {two:.0f} img/s |", "",
         f"{args.steps} steps of batch 64, torch {torch.__version__}", ""])
     print(table)
-    out = Path(__file__).parent / "results" / "checkpoint_resume.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("# benchmarks/checkpoint_resume.py\n\n" + table)
+    write_table(__file__, table)
 
 
 if __name__ == "__main__":

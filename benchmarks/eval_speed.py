@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -23,6 +22,7 @@ from genlab.data import load_dataset
 from genlab.generate import sample_from
 from genlab.metrics.features import get_extractor
 from genlab.models import build_model
+from write_table import write_table  # benchmarks/write_table.py, beside this script
 
 
 def main() -> None:
@@ -54,9 +54,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|", *rows, "",
         f"threads {torch.get_num_threads()}, torch {torch.__version__}; target: full suite <= 20 s", ""])
     print(table)
-    out = Path(__file__).parent / "results" / "eval_speed.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("# benchmarks/eval_speed.py\n\n" + table)
+    write_table(__file__, table)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from write_table import write_table  # benchmarks/write_table.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {  # dataset -> [(label, config file)]
@@ -71,9 +72,7 @@ def main() -> None:
                                + ", ".join(sorted({r['features'] for r in rows})), ""]
                       + [verdict(rows, ds) for ds in args.datasets] + [""])
     print(table)
-    out = ROOT / "benchmarks" / "results" / "gan_budget.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("# benchmarks/gan_budget.py\n\n" + table)
+    write_table(__file__, table)
     (out_root / "rows.json").write_text(json.dumps(rows, indent=2))
 
 

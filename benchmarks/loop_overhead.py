@@ -30,6 +30,7 @@ from genlab.models import build_model
 from genlab.train import loop
 from genlab.train.distributed import Ranks
 from genlab.train.runtime import Runtime
+from write_table import write_table  # benchmarks/write_table.py, beside this script
 
 
 def plain_loop(images: torch.Tensor, steps: int, batch: int, seed: int) -> float:
@@ -108,9 +109,7 @@ def main() -> None:
         f"steps {args.steps}, batch {args.batch_size}, threads {args.threads}, torch {torch.__version__}",
         f"ratio genlab / plain: {g / p:.3f}  (target >= 0.95)", ""])
     print("\n" + table)
-    out = Path(__file__).parent / "results" / "loop_overhead.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("# benchmarks/loop_overhead.py\n\n" + table)
+    write_table(__file__, table)
 
 
 if __name__ == "__main__":

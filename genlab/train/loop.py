@@ -437,7 +437,7 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
             meta.setdefault("resumed", []).append({"from_step": loop.state.step, "command": sys.argv})
             save_config(config, run / rundir.CONFIG)  # new budgets, if any
         rec.say(f"resuming {run} from step {loop.state.step}")
-    return finish(loop, meta, config)
+    return finish(loop, meta)
 
 
 def make_diagnostics(model, data: ImageSet, config: RunConfig):
@@ -450,7 +450,7 @@ def make_diagnostics(model, data: ImageSet, config: RunConfig):
                        probabilities=getattr(model, "d_outputs_probabilities", True))
 
 
-def finish(loop: Loop, meta: dict, config: RunConfig) -> Path:
+def finish(loop: Loop, meta: dict) -> Path:
     """Run the loop and save what it leaves, whatever way it ends. Under torchrun every rank waits
     for rank 0's files before leaving the process group (leaving early aborts gloo's peers)."""
     try:
