@@ -18,6 +18,9 @@ COMMANDS = {
     "train": "train a model into a run folder",
     "sample": "draw images from a trained run into an .npz file or a folder of PNGs",
     "eval": "score a run's samples, or any samples, against the data (FID, KID, IS, P/R, ...)",
+    "report": "write a run's self-contained HTML report (samples, curves, metrics, diagnostics)",
+    "compare": "compare runs in one HTML page (table sorted by FID, quality vs time, samples)",
+    "serve": "a local web demo: generate from trained runs in the browser",
 }
 
 
@@ -93,6 +96,9 @@ def cmd_sample(argv: list[str]) -> int:
                         "default: all classes in turn)")
     parser.add_argument("--weights", default="model.safetensors",
                         help="which weights of the run: model.safetensors (final) or best.safetensors")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a sampling option of the model's family, e.g. temperature=0.8, top_k=4, "
+                             "steps=25, guidance=3 (repeatable; an unknown name lists the family's)")
     args = parser.parse_args(argv)
     if args.batch_size <= 0:
         raise GenlabError(f"--batch-size must be positive, got {args.batch_size}")
@@ -104,11 +110,63 @@ def cmd_sample(argv: list[str]) -> int:
             wanted = [int(x) for x in args.labels.split(",") if x.strip()]
         except ValueError:
             raise GenlabError(f"--labels takes class numbers separated by commas, got {args.labels!r}") from None
+    options = {}
+    for item in args.option:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise GenlabError(f"--option takes NAME=VALUE, got {item!r}")
+        options[name.strip().replace("-", "_")] = value.strip()
     _, model, _ = load_run(args.run, weights=args.weights)
     labels = labels_for(model, args.n, wanted)
-    images = sample_from(model, args.n, seed=args.seed, batch_size=args.batch_size, labels=labels)
+    images = sample_from(model, args.n, seed=args.seed, batch_size=args.batch_size, labels=labels, options=options)
     out = save_samples(images, args.out, labels)
     print(f"wrote {len(images)} images to {out}")
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from genlab.report.html import run_report
+
+    parser = argparse.ArgumentParser(prog="genlab report", description=COMMANDS["report"])
+    parser.add_argument("run", help="run folder made by `genlab train` (run `genlab eval RUN` first for metrics)")
+    parser.add_argument("--out", help="the HTML file to write (default RUN/report.html); plots go to OUT_files/")
+    args = parser.parse_args(argv)
+    print(f"wrote {run_report(args.run, args.out)}")
+    return 0
+
+
+def cmd_compare(argv: list[str]) -> int:
+    from genlab.report.html import compare_runs
+
+    parser = argparse.ArgumentParser(prog="genlab compare", description=COMMANDS["compare"])
+    parser.add_argument("runs", nargs="+", help="run folders (each evaluated with `genlab eval RUN` for metrics)")
+    parser.add_argument("--out", default="compare.html", help="the HTML file to write; plots go to OUT_files/")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as markdown")
+    parser.add_argument("--samples", type=int, default=16, help="samples shown per run")
+    args = parser.parse_args(argv)
+    if not 1 <= args.samples <= 256:
+        raise GenlabError(f"--samples must lie in 1..256, got {args.samples}")
+    out, table = compare_runs(args.runs, args.out, args.samples)
+    if args.markdown:
+        print(table)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_serve(argv: list[str]) -> int:
+    from genlab.serve import serve
+
+    parser = argparse.ArgumentParser(prog="genlab serve", description=COMMANDS["serve"])
+    parser.add_argument("runs", nargs="+", help="run folders made by `genlab train`")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--max-images", type=int, default=64, help="most images one request may ask for")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise GenlabError(f"--port must lie in 0..65535, got {args.port}")
+    if not 1 <= args.max_images <= 1024:
+        raise GenlabError(f"--max-images must lie in 1..1024, got {args.max_images}")
+    serve(args.runs, args.host, args.port, args.max_images)
     return 0
 
 
@@ -165,7 +223,8 @@ def _write_json(path, obj) -> None:
         raise GenlabError(f"cannot write {path} ({err.strerror or err})") from None
 
 
-HANDLERS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}
+HANDLERS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
+            "serve": cmd_serve}
 
 
 def top_parser() -> argparse.ArgumentParser:

@@ -167,7 +167,7 @@ def _check_value(cls: type, f: dataclasses.Field, value: Any, where: str) -> Any
         raise GenlabError(f"{where}: `{f.name}` must be a {base.__name__}, got {value!r}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise GenlabError(f"{where}: `{f.name}` must be one of {', '.join(choices)}; got {value!r}")
+        raise GenlabError(f"{where}: `{f.name}` must be one of {', '.join(map(str, choices))}; got {value!r}")
     return value
 
 
@@ -270,7 +270,7 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, cls: type) 
             kwargs["metavar"] = base.__name__.upper()
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-                kwargs["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
+                kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
         group.add_argument(_flag(f), *f.metadata.get("aliases", ()), **kwargs)
 
 

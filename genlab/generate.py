@@ -62,12 +62,32 @@ def labels_for(model, n: int, wanted=None) -> torch.Tensor | None:
     return wanted.repeat(-(-n // len(wanted)))[:n]
 
 
-def sample_from(model, n: int, seed: int = 0, batch_size: int = 1000, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """`n` uint8 images from a family in batches; the same seed gives the same images."""
+def sampling_options(model, given: dict[str, str | float | int] | None) -> dict:
+    """`given` options (values as text from the command line, or typed) checked against the family's
+    SAMPLING_OPTIONS and converted to their types; an unknown name is refused with the list."""
+    known = getattr(model, "SAMPLING_OPTIONS", {})
+    out = {}
+    for name, value in (given or {}).items():
+        if name not in known:
+            listed = ", ".join(known) or "none"
+            raise GenlabError(f"unknown sampling option {name!r} for this model; its options: {listed}")
+        kind = known[name][0]
+        try:
+            out[name] = kind(value)
+        except (TypeError, ValueError):
+            raise GenlabError(f"sampling option {name} takes a {kind.__name__}, got {value!r}") from None
+    return out
+
+
+def sample_from(model, n: int, seed: int = 0, batch_size: int = 1000, labels: torch.Tensor | None = None,
+                options: dict | None = None) -> torch.Tensor:
+    """`n` uint8 images from a family in batches; the same seed gives the same images. `options` are
+    the family's sampling options (checked by `sampling_options`)."""
     generator = torch.Generator().manual_seed(seed)
     if labels is None:
         labels = labels_for(model, n)
-    parts = [model.sample(min(batch_size, n - start), generator=generator,
+    options = sampling_options(model, options)
+    parts = [model.sample(min(batch_size, n - start), generator=generator, **options,
                           **({"labels": labels[start:start + batch_size]} if labels is not None else {}))
              for start in range(0, n, batch_size)]
     return torch.cat(parts)

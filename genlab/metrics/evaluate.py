@@ -29,7 +29,8 @@ from genlab.train.checkpoint import load_state, save_state
 # metric -> which way is better (shown in the table)
 BETTER = {"fid": "lower", "kid": "lower", "is": "higher", "precision": "higher", "recall": "higher",
           "density": "near 1", "coverage": "higher", "classes_found": "higher", "class_tv": "lower",
-          "ppl": "lower", "nll_nats": "lower", "bits_per_dim": "lower"}
+          "ppl": "lower", "nll_nats": "lower", "bits_per_dim": "lower",
+          "neg_elbo_nats": "lower"}
 MAX_KNN_REFERENCE = 10_000  # the real side of the k-NN metrics: at most as many as the samples
 
 
@@ -254,11 +255,25 @@ def likelihood(model, test: ImageSet, limit: int = 10_000) -> dict | None:
     that define `log_likelihood(images) -> [N]` (nats)."""
     if not hasattr(model, "log_likelihood"):
         return None
-    images = test.images[:limit]
-    ll = torch.cat([model.log_likelihood(images[i:i + 500]).double().cpu() for i in range(0, len(images), 500)])
-    nll = float(-ll.mean())
+    images, labels = test.images[:limit], test.labels[:limit]
+    conditional = bool(getattr(model, "conditional_classes", None))
+
+    def batches(fn):
+        return torch.cat([fn(images[i:i + 500], **({"labels": labels[i:i + 500]} if conditional else {}))
+                          .double().cpu() for i in range(0, len(images), 500)])
+
     dims = images[0].numel()
-    return {"nll_nats": nll, "bits_per_dim": nll / (dims * math.log(2))}
+    if hasattr(model, "likelihood_bounds"):  # a VAE: the ELBO beside the importance-weighted estimate
+        both = [model.likelihood_bounds(images[i:i + 500], **({"labels": labels[i:i + 500]} if conditional else {}))
+                for i in range(0, len(images), 500)]
+        elbo, ll = (torch.cat([b[j].double() for b in both]) for j in (0, 1))
+    else:
+        elbo, ll = None, batches(model.log_likelihood)
+    nll = float(-ll.mean())
+    out = {"nll_nats": nll, "bits_per_dim": nll / (dims * math.log(2))}
+    if elbo is not None:
+        out["neg_elbo_nats"] = float(-elbo.mean())
+    return out
 
 
 # ---------------------------------------------------------------- the entry points
@@ -300,7 +315,9 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
             "dataset": dataset, "n": len(x), "floor_n": min(len(x), len(ref.heldout_features)),
             "knn_n": values["knn_n"],
             "class_histogram": values["class_histogram"], "class_names": extractor.spec["class_names"],
-            "warnings": values["warnings"], "metrics": metrics}
+            "warnings": values["warnings"], "metrics": metrics,
+            **({"likelihood_convention": model.likelihood_convention}
+               if hasattr(model, "likelihood_convention") and "nll_nats" in values else {})}
 
 
 TRAINING_METRICS = ("fid", "kid", "is", "precision", "recall", "density", "coverage", "classes_found", "class_tv")
@@ -357,4 +374,5 @@ def format_table(result: dict) -> str:
             + (f" (test accuracy {acc:.2%})" if acc is not None else "")
             + f"; real floor: {result['floor_n']} held-out real images; precision/recall/density/coverage "
             f"with {result['knn_n']} real and {result['knn_n']} generated")
-    return "\n".join([head, *lines, *[f"warning: {w}" for w in result["warnings"]]])
+    convention = [f"likelihood: {result['likelihood_convention']}"] if result.get("likelihood_convention") else []
+    return "\n".join([head, *lines, *convention, *[f"warning: {w}" for w in result["warnings"]]])

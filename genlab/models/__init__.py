@@ -10,6 +10,8 @@ report never ask which family they hold:
   step; the family owns its optimisers and its preprocessing of the uint8 pixels.
 - `sample(n, labels=None, generator=None) -> uint8 [n, C, H, W]` (on the CPU).
 - `state_dict()` / `load_state_dict(state)`: nets, optimisers and EMA, as nested dicts of tensors.
+- `SAMPLING_OPTIONS`: {name: (type, help)} of the keyword options its `sample` takes (temperature,
+  DDIM steps, ...), so that the CLI and the web demo offer only those that apply.
 - optional `nets() -> dict[str, nn.Module]` (for --compile), `latent_dim` and
   `decode(z) -> float [n, C, H, W] in [0, 1]` (perceptual path length), and
   `log_likelihood(images) -> [n]` in nats where the family has one.
@@ -65,9 +67,16 @@ def build_model(config, image_shape: tuple[int, int, int], num_classes: int, run
     return get_model_entry(config.name).family(config, image_shape, num_classes, runtime or Runtime())
 
 
-from genlab.models import gan  # noqa: E402  (registers its models)
+from genlab.models import diffusion, gan, transformer, vae  # noqa: E402
 
 register_model("gan-mlp", gan.Gan, gan.GanMlpConfig,
                "the tutorial's MLP GAN: 100 -> 256 -> 512 -> 1024 -> 784, Tanh; Adam 2e-4")
 register_model("dcgan", gan.Gan, gan.DcganConfig,
                "DCGAN: transposed-convolution G, convolutional D (28x28, 32x32, any channels)")
+register_model("vae", vae.Vae, vae.VaeConfig,
+               "convolutional VAE: Bernoulli or discretised-logistic decoder, beta, IW likelihood")
+register_model("vae-mlp", vae.Vae, vae.VaeMlpConfig, "the same VAE with MLP encoder and decoder")
+register_model("transformer", transformer.Transformer, transformer.TransformerConfig,
+               "autoregressive pixel Transformer (Image GPT): exact likelihood, KV-cache sampling")
+register_model("diffusion", diffusion.Diffusion, diffusion.DiffusionConfig,
+               "DDPM with a small U-Net: DDIM sampling, classifier-free guidance, EMA")

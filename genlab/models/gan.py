@@ -138,15 +138,14 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 class Gan:
     """A GAN as a genlab family: owns G, D, their Adam optimisers and G's moving average."""
 
+    SAMPLING_OPTIONS: dict = {}  # z ~ N(0, I), nothing to choose
+
     def __init__(self, config: GanMlpConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
         self.config = config
         self.rt = runtime or Runtime()
         self.device = self.rt.device
         self.image_shape = tuple(image_shape)
-        if config.conditional and num_classes < 2:
-            raise GenlabError("--conditional needs a labelled dataset (at least 2 classes); this one has "
-                              f"{num_classes}. Put a folder dataset's images in one subfolder per class")
-        self.conditional_classes = num_classes if config.conditional else None
+        self.conditional_classes = nets.conditional_classes(config.conditional, num_classes)
         k, sn = self.conditional_classes, config.spectral_norm
         if config.name == "dcgan":
             nets.check_dcgan_size(self.image_shape)
@@ -254,12 +253,7 @@ class Gan:
         return torch.arange(n) % self.conditional_classes if self.conditional_classes else None
 
     def _check_labels(self, labels, n: int):
-        if not self.conditional_classes:
-            return None
-        labels = self.default_labels(n) if labels is None else torch.as_tensor(labels, dtype=torch.int64)
-        if len(labels) != n or labels.min() < 0 or labels.max() >= self.conditional_classes:
-            raise GenlabError(f"labels must be {n} class numbers in 0..{self.conditional_classes - 1}")
-        return labels.to(self.device)
+        return nets.check_labels(labels, n, self.conditional_classes, self.device)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, labels=None) -> torch.Tensor:

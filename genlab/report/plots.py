@@ -31,3 +31,48 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metric_history(history: list[dict], path: str | Path) -> None:
+    """FID (left) and precision/recall/coverage (right) against the step, from metrics.jsonl."""
+    plt = _pyplot()
+    steps = [h["step"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    left.plot(steps, [h.get("fid") for h in history], marker="o", label="FID")
+    left.set_yscale("log")
+    for key in ("precision", "recall", "coverage"):
+        if key in history[0]:
+            right.plot(steps, [h[key] for h in history], marker="o", label=key)
+    for ax in (left, right):
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_quality_vs_time(rows: list[dict], path: str | Path) -> None:
+    """Each run's FID against its minutes of training (log scale), labelled by run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.scatter(r["minutes"], r["fid"], s=40)
+        ax.annotate(f"{r['run']} ({r['model']})", (r["minutes"], r["fid"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

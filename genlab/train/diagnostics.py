@@ -22,6 +22,7 @@ FAR = 1.7  # "far" from the gradient history: a factor of 10^1.7 = 50
 WARMUP = 1000  # steps before the probes judge: an untrained G is expected to emit near-identical blobs
 QUIET = 500  # steps before a failure that has ended may be reported again
 COLLAPSE_RATIO = 0.25  # samples' spread below a quarter of the data's (healthy MLP GANs: >= 0.38 by step 600)
+NET_NAMES = {"grad_norm_d": "D", "grad_norm_g": "G"}  # other families log one `grad_norm`
 DRIFT = 0.4  # held-out real images scored 40% of the way towards fakes (healthy: |drift| < 0.1)
 
 
@@ -74,9 +75,9 @@ class Diagnostics:
 
     def observe(self, step: int, logs: dict[str, float]) -> list[Diagnosis]:
         self.seen_steps += 1
-        for key in ("d_fake", "d_acc", "grad_norm_d", "grad_norm_g"):
-            if key in logs:
-                self.recent.setdefault(key, deque(maxlen=WINDOW)).append(logs[key])
+        for key, value in logs.items():  # every family's gradient norms; the GAN's D outputs
+            if key in ("d_fake", "d_acc") or key.startswith("grad_norm"):
+                self.recent.setdefault(key, deque(maxlen=WINDOW)).append(value)
         found = [self._overpowering(step), *self._gradients(step)]
         return self._report(found, ("d_overpowering", "vanishing_gradients", "exploding_gradients"))
 
@@ -107,10 +108,10 @@ class Diagnostics:
 
     def _gradients(self, step: int) -> list[Diagnosis | None]:
         out = []
-        for key, net in (("grad_norm_d", "D"), ("grad_norm_g", "G")):
-            recent = self.recent.get(key)
-            if not recent:
+        for key, recent in self.recent.items():
+            if not key.startswith("grad_norm"):
                 continue
+            net = NET_NAMES.get(key, "the model")
             now = math.log10(max(recent[-1], 1e-30))
             history = self.log_history.get(key)
             mean_recent = self._mean(key)
@@ -118,13 +119,13 @@ class Diagnostics:
                 level = math.log10(max(mean_recent, 1e-30))
                 if level < history - FAR:
                     out.append(Diagnosis("vanishing_gradients", step,
-                               f"{net}'s gradients are vanishing: their norm has averaged {mean_recent:.3g} over the "
+                               f"{net[0].upper() + net[1:]}'s gradients are vanishing: their norm has averaged {mean_recent:.3g} over the "
                                f"last {WINDOW} steps, against about {10 ** history:.3g} before. {net} has stopped "
                                "learning; check for saturated activations, raise the learning rate, or use the "
                                "non-saturating loss.", {"net": net, "recent": mean_recent, "history": 10 ** history}))
                 elif level > history + FAR:
                     out.append(Diagnosis("exploding_gradients", step,
-                               f"{net}'s gradients are exploding: their norm has averaged {mean_recent:.3g} over "
+                               f"{net[0].upper() + net[1:]}'s gradients are exploding: their norm has averaged {mean_recent:.3g} over "
                                f"the last {WINDOW} steps, against about {10 ** history:.3g} before. Lower the "
                                "learning rate or add spectral normalisation / a gradient penalty (--loss wgan-gp).",
                                {"net": net, "recent": mean_recent, "history": 10 ** history}))
@@ -137,8 +138,8 @@ class Diagnostics:
     def probe(self, step: int, scores: dict | None = None) -> list[Diagnosis]:
         """Sample diversity, D's gap between training and held-out images, and (from evaluation
         scores, when the run has them) the classes the evaluator finds."""
-        if step < WARMUP:
-            return []
+        if step < WARMUP or not hasattr(self.model, "discriminate"):
+            return []  # the probes judge a GAN (other families' samplers can be slow, and they have no D)
         found = [self._sustained("mode_collapse", self._collapse(step, scores))]
         if self.heldout is not None and hasattr(self.model, "discriminate"):
             found.append(self._sustained("d_overfitting", self._overfitting(step)))

@@ -32,6 +32,7 @@ from genlab.errors import GenlabError
 from genlab.models import build_model
 from genlab.report.grids import save_grid
 from genlab.report.plots import plot_curves
+from genlab.report.views import save_views
 from genlab.train import distributed, resume, rundir
 from genlab.train.checkpoint import load_into, save_state
 from genlab.train.runtime import NonFiniteError, Runtime
@@ -350,6 +351,9 @@ def save_results(loop: Loop, meta: dict, status: str) -> None:
     save_state(loop.run / rundir.WEIGHTS, loop.model.state_dict(), {"model": config_name, "step": str(state.step)})
     if state.history:
         plot_curves(state.history, loop.run / rundir.CURVE, title=f"{config_name} on {meta['dataset']}")
+    if status != "diverged":
+        pick = torch.randperm(len(loop.data), generator=torch.Generator().manual_seed(loop.cfg.seed))[:32]
+        save_views(loop.model, loop.data.images[pick], loop.data.labels[pick], loop.run / rundir.SAMPLES)
     meta.update(status=status, stop_reason=state.stop_reason, steps=state.step, epochs_completed=state.epoch,
                 images_seen=state.images_seen, seconds=round(state.seconds, 2), skipped_batches=state.skipped,
                 img_per_s=round(state.images_seen / max(state.seconds, 1e-9), 1),

@@ -1,0 +1,354 @@
+"""Denoising diffusion (Ho et al. 2020, https://arxiv.org/abs/2006.11239) with DDIM sampling (Song
+et al. 2020, https://arxiv.org/abs/2010.02502) and classifier-free guidance (Ho & Salimans 2022,
+https://arxiv.org/abs/2207.12598).
+
+The forward process adds Gaussian noise in T steps, q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I);
+a U-Net learns to predict the noise eps (or v = sqrt(abar) eps - sqrt(1 - abar) x_0, Salimans & Ho
+2022) from x_t and t; sampling runs the chain backwards. Pieces, as in diffusers: `Schedule` (the
+noise schedule, `q_sample`, the DDPM and DDIM steps), `UNet` (the network), `Diffusion` (the family:
+training, EMA, guidance, samplers).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.config import option
+from genlab.errors import GenlabError
+from genlab.models import nets
+from genlab.train.runtime import Runtime
+
+SCHEDULES = ("linear", "cosine")
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass
+class DiffusionConfig:
+    """A diffusion model's recipe."""
+
+    name: str = option("diffusion", "model family (listed at the end of --help)", flag="--model")
+    width: int = option(32, "channels of the U-Net's first level (x2 at each lower level)")
+    timesteps: int = option(1000, "diffusion steps T")
+    schedule: str = option("linear", "noise schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)",
+                           choices=SCHEDULES)
+    prediction: str = option("eps", "what the U-Net predicts: the noise eps or v", choices=("eps", "v"))
+    lr: float = option(5e-4, "Adam learning rate")
+    ema: float = option(0.999, "decay of the weights' moving average used for sampling (warmed up)")
+    dropout: float = option(0.0, "dropout in the residual blocks")
+    conditional: bool = option(False, "class-conditional, with label dropout for classifier-free guidance")
+    label_dropout: float = option(0.1, "share of training labels replaced by 'no label' (conditional)")
+    guidance: float = option(1.0, "classifier-free guidance scale s: eps_u + s (eps_c - eps_u); 0 = unconditional")
+    sampler: str = option("ddim", "sampler: ddim (few steps) or ddpm (ancestral, all T steps)", choices=SAMPLERS)
+    sample_steps: int = option(50, "DDIM steps when sampling")
+    eta: float = option(0.0, "DDIM noise: 0 deterministic, 1 matches DDPM's step variance")
+
+    def validate(self) -> None:
+        if self.width < 8 or self.width % 8:
+            raise GenlabError(f"width must be a multiple of 8 (GroupNorm groups), got {self.width}")
+        if self.timesteps < 2:
+            raise GenlabError(f"timesteps must be at least 2, got {self.timesteps}")
+        if self.lr <= 0:
+            raise GenlabError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.ema < 1:
+            raise GenlabError(f"ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
+        if not 0 <= self.label_dropout < 1:
+            raise GenlabError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        check_sampling(self.sample_steps, self.eta, self.guidance, self.timesteps)
+
+
+def check_sampling(steps: int, eta: float, guidance: float, timesteps: int) -> None:
+    if not 1 <= steps <= timesteps:
+        raise GenlabError(f"sampling steps must lie in 1..{timesteps} (the model's T), got {steps}")
+    if eta < 0:
+        raise GenlabError(f"eta must be 0 or more, got {eta}")
+    if guidance < 0:
+        raise GenlabError(f"guidance scale must be 0 or more, got {guidance}")
+
+
+# ---------------------------------------------------------------- the noise schedule
+
+class Schedule:
+    """betas, abar_t = prod_s (1 - beta_s), and the steps that use them (float64 tables)."""
+
+    def __init__(self, kind: str, T: int):
+        if kind == "linear":  # Ho et al. 2020: 1e-4 ... 0.02 over 1000 steps, rescaled for other T
+            scale = 1000 / T
+            betas = torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
+        else:  # Nichol & Dhariwal 2021, arXiv:2102.09672
+            s = 0.008
+            f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+            betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        self.T = T
+        self.betas = betas
+        self.abar = torch.cumprod(1 - betas, 0)
+        self.abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.abar[:-1]])
+
+    def _at(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return table[t.cpu()].to(like.device, like.dtype).view(-1, *[1] * (like.dim() - 1))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+        ab = self._at(self.abar, t, x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def v_target(self, x0, t, noise):
+        ab = self._at(self.abar, t, x0)
+        return ab.sqrt() * noise - (1 - ab).sqrt() * x0
+
+    def x0_and_eps(self, x_t, t, out, prediction: str):
+        """(x_0, eps) from the network's output; x_0 clipped to the data range [-1, 1] and eps
+        recomputed from it, so that every sampler steps from the same consistent pair."""
+        ab = self._at(self.abar, t, x_t)
+        if prediction == "v":
+            x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * out
+        else:
+            x0 = (x_t - (1 - ab).sqrt() * out) / ab.sqrt()
+        x0 = x0.clamp(-1, 1)
+        eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return x0, eps
+
+    def ddpm_step(self, x_t, t, x0):
+        """Mean and standard deviation of q(x_{t-1} | x_t, x_0), the posterior DDPM samples from."""
+        b, ab, ab_prev = (self._at(tab, t, x_t) for tab in (self.betas, self.abar, self.abar_prev))
+        mean = (ab_prev.sqrt() * b / (1 - ab)) * x0 + ((1 - b).sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
+        var = b * (1 - ab_prev) / (1 - ab)
+        return mean, var.sqrt()
+
+    def ddim_step(self, x_t, t, t_prev, x0, eps, eta: float):
+        """Mean and standard deviation of DDIM's step from t to t_prev (t_prev = -1: to x_0)."""
+        ab = self._at(self.abar, t, x_t)
+        ab_prev = self._at(self.abar, t_prev.clamp(min=0), x_t)
+        ab_prev = torch.where(t_prev.view_as(ab_prev) < 0, torch.ones_like(ab_prev), ab_prev)
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
+        mean = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        return mean, sigma
+
+
+# ---------------------------------------------------------------- the U-Net
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer steps [B] -> [B, dim]."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freq[None]
+    return torch.cat([args.sin(), args.cos()], 1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, the time (and class) embedding added in between; 1x1 skip."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.block1 = nn.Sequential(nn.GroupNorm(8, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
+        self.block2 = nn.Sequential(nn.GroupNorm(8, c_out), nn.SiLU(), nn.Dropout(dropout),
+                                    nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.block1(x) + self.emb(emb)[:, :, None, None]
+        return self.skip(x) + self.block2(h)
+
+
+class Attention(nn.Module):
+    """Self-attention over the positions of a feature map (the U-Net's lowest level)."""
+
+    def __init__(self, channels: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(8, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+        y = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(y.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class UNet(nn.Module):
+    """(x_t [B, C, H, W], t [B], labels [B] or None) -> prediction [B, C, H, W].
+
+    Levels at H, H/2, H/4 with w, 2w, 2w channels, one residual block each way per level,
+    attention at H/4 and in the middle; skips concatenated on the way up."""
+
+    def __init__(self, channels: int, width: int, num_classes: int | None, dropout: float):
+        super().__init__()
+        emb_dim = 4 * width
+        self.width = width
+        self.time = nn.Sequential(nn.Linear(width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.null_class = num_classes  # the extra "no label" index of the class embedding
+        self.classes = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        w = width
+        self.stem = nn.Conv2d(channels, w, 3, padding=1)
+        self.down1, self.pool1 = ResBlock(w, w, emb_dim, dropout), nn.Conv2d(w, w, 3, 2, 1)
+        self.down2, self.pool2 = ResBlock(w, 2 * w, emb_dim, dropout), nn.Conv2d(2 * w, 2 * w, 3, 2, 1)
+        self.down3, self.attn3 = ResBlock(2 * w, 2 * w, emb_dim, dropout), Attention(2 * w)
+        self.mid1, self.mid_attn, self.mid2 = (ResBlock(2 * w, 2 * w, emb_dim, dropout), Attention(2 * w),
+                                               ResBlock(2 * w, 2 * w, emb_dim, dropout))
+        self.up3, self.up_attn3 = ResBlock(4 * w, 2 * w, emb_dim, dropout), Attention(2 * w)
+        self.up2 = ResBlock(4 * w, w, emb_dim, dropout)
+        self.up1 = ResBlock(2 * w, w, emb_dim, dropout)
+        self.out = nn.Sequential(nn.GroupNorm(8, w), nn.SiLU(), nn.Conv2d(w, channels, 3, padding=1))
+
+    def forward(self, x, t, labels=None):
+        emb = self.time(timestep_embedding(t, self.width))
+        if self.classes is not None:
+            emb = emb + self.classes(labels if labels is not None else torch.full_like(t, self.null_class))
+        h1 = self.down1(self.stem(x), emb)                       # (w, H)
+        h2 = self.down2(self.pool1(h1), emb)                     # (2w, H/2)
+        h3 = self.attn3(self.down3(self.pool2(h2), emb))         # (2w, H/4)
+        m = self.mid2(self.mid_attn(self.mid1(h3, emb)), emb)
+        u3 = self.up_attn3(self.up3(torch.cat([m, h3], 1), emb))
+        u2 = self.up2(torch.cat([F.interpolate(u3, size=h2.shape[-2:]), h2], 1), emb)
+        u1 = self.up1(torch.cat([F.interpolate(u2, size=h1.shape[-2:]), h1], 1), emb)
+        return self.out(u1)
+
+
+# ---------------------------------------------------------------- the family
+
+class Diffusion:
+    """A diffusion model as a genlab family: U-Net, its EMA, one Adam optimiser, the schedule."""
+
+    SAMPLING_OPTIONS = {"sampler": (str, "ddim or ddpm"), "steps": (int, "DDIM steps (DDPM takes all T)"),
+                        "eta": (float, "DDIM noise, 0 deterministic ... 1 DDPM-like"),
+                        "guidance": (float, "classifier-free guidance scale (conditional models; 0 = unconditional)")}
+
+    def __init__(self, config: DiffusionConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
+        self.config = config
+        self.rt = runtime or Runtime()
+        self.device = self.rt.device
+        self.image_shape = tuple(image_shape)
+        c, h, w = self.image_shape
+        if h != w or h % 4 or h < 8:
+            raise GenlabError(f"diffusion needs square images with a side divisible by 4 (28, 32, ...), got {h}x{w}")
+        self.conditional_classes = nets.conditional_classes(config.conditional, num_classes)
+        self.unet = UNet(c, config.width, self.conditional_classes, config.dropout).to(self.device)
+        self.unet_ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
+        self.schedule = Schedule(config.schedule, config.timesteps)
+        self.steps = 0
+
+    def nets(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet, "unet_ema": self.unet_ema}
+
+    # ---------------------------------------------------------------- training
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """One Adam step on E_t,eps ||target - UNet(x_t, t)||^2 with t uniform and target eps or v."""
+        rt, cfg = self.rt, self.config
+        x0 = images.to(self.device).float() / 127.5 - 1
+        t = torch.randint(0, cfg.timesteps, (len(x0),), device=self.device)
+        noise = torch.randn_like(x0)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        y = None
+        if self.conditional_classes:  # label dropout teaches the same net the unconditional eps
+            y = labels.to(self.device).clone()
+            y[torch.rand(len(y), device=self.device) < cfg.label_dropout] = self.conditional_classes
+        target = noise if cfg.prediction == "eps" else self.schedule.v_target(x0, t, noise)
+        with rt.autocast():
+            loss = F.mse_loss(self.unet(x_t, t, y).float(), target)
+        self.opt.zero_grad(set_to_none=True)
+        rt.backward(loss)
+        grad = rt.finish_grads("U-Net", self.unet, self.opt, loss)
+        rt.step(self.opt)
+        self._update_ema()
+        self.steps += 1
+        return {"loss": loss.item(), "grad_norm": grad}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema, (1 + self.steps) / (10 + self.steps))  # warm-up: early weights fade fast
+        torch._foreach_lerp_(list(self.unet_ema.parameters()), list(self.unet.parameters()), 1 - decay)
+
+    # ---------------------------------------------------------------- sampling
+
+    def _labels(self, labels, n: int):
+        return nets.check_labels(labels, n, self.conditional_classes, self.device)
+
+    def predict(self, x_t, t, labels, guidance: float):
+        """(x_0, eps) at step t with the EMA weights; classifier-free guidance for a conditional model:
+        eps_u + s (eps_c - eps_u), so s = 0 is the unconditional model and s = 1 the conditional one."""
+        net = self.unet_ema
+        if labels is None:
+            out = net(x_t, t)
+        elif guidance == 1:
+            out = net(x_t, t, labels)
+        elif guidance == 0:
+            out = net(x_t, t, torch.full_like(labels, self.conditional_classes))
+        else:
+            null = torch.full_like(labels, self.conditional_classes)
+            both = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+            cond, uncond = both.chunk(2)
+            out = uncond + guidance * (cond - uncond)
+        return self.schedule.x0_and_eps(x_t, t, out.float(), self.config.prediction)
+
+    def timesteps_for(self, sampler: str, steps: int) -> list[int]:
+        """The steps a sampler visits, from T-1 down: all of them for DDPM, `steps` evenly spaced for DDIM."""
+        if sampler == "ddpm":
+            return list(range(self.config.timesteps - 1, -1, -1))
+        return sorted({round(x) for x in torch.linspace(0, self.config.timesteps - 1, steps).tolist()}, reverse=True)
+
+    @torch.no_grad()
+    def chain(self, n: int, labels=None, generator=None, sampler=None, steps=None, eta=None, guidance=None,
+              keep: int = 0):
+        """Run a sampler from x_T ~ N(0, I); returns x_0 in [-1, 1] and, with `keep`, `keep` snapshots
+        of x_t along the way. All noise is drawn on the CPU from `generator`."""
+        cfg = self.config
+        sampler = cfg.sampler if sampler is None else sampler
+        steps = cfg.sample_steps if steps is None else steps
+        eta = cfg.eta if eta is None else eta
+        guidance = cfg.guidance if guidance is None else guidance
+        if sampler not in SAMPLERS:
+            raise GenlabError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+        check_sampling(steps, eta, guidance, cfg.timesteps)
+        y = self._labels(labels, n)
+        x = torch.randn(n, *self.image_shape, generator=generator).to(self.device)
+        ts = self.timesteps_for(sampler, steps)
+        snaps, every = [], max(1, len(ts) // keep) if keep else 0
+        for i, t_now in enumerate(ts):
+            t = torch.full((n,), t_now, device=self.device, dtype=torch.int64)
+            x0, eps = self.predict(x, t, y, guidance)
+            if sampler == "ddpm":
+                mean, std = self.schedule.ddpm_step(x, t, x0)
+            else:
+                t_prev = torch.full_like(t, ts[i + 1] if i + 1 < len(ts) else -1)
+                mean, std = self.schedule.ddim_step(x, t, t_prev, x0, eps, eta)
+            last = i + 1 == len(ts)
+            x = mean if last else mean + std * torch.randn(x.shape, generator=generator).to(self.device)
+            if keep and (i % every == 0) and len(snaps) < keep - 1:
+                snaps.append(x.clamp(-1, 1).cpu())
+        return (x.clamp(-1, 1), snaps + [x.clamp(-1, 1).cpu()]) if keep else x.clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, sampler: str | None = None,
+               steps: int | None = None, eta: float | None = None, guidance: float | None = None) -> torch.Tensor:
+        """n images uint8 [n, C, H, W] on the CPU (config's sampler, DDIM with 50 steps by default)."""
+        x0 = self.chain(n, labels, generator, sampler, steps, eta, guidance)
+        return ((x0 + 1) * 127.5).round().to(torch.uint8).cpu()
+
+    @torch.no_grad()
+    def denoising_strip(self, rows: int = 4, frames: int = 10) -> tuple[torch.Tensor, int]:
+        """`rows` DDIM chains, `frames` snapshots each from noise to image (a view for the report)."""
+        _, snaps = self.chain(rows, generator=torch.Generator().manual_seed(0), keep=frames)
+        strip = torch.stack(snaps, 1).reshape(rows * len(snaps), *self.image_shape)  # row = one chain
+        return ((strip + 1) * 127.5).round().to(torch.uint8), len(snaps)
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        return {"unet": self.unet.state_dict(), "unet_ema": self.unet_ema.state_dict(),
+                "opt": self.opt.state_dict(), "steps": torch.tensor(self.steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.unet.load_state_dict(state["unet"])
+        self.unet_ema.load_state_dict(state["unet_ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.steps = int(state["steps"])

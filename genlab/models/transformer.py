@@ -1,0 +1,332 @@
+"""An autoregressive Transformer over pixels (Image GPT: Chen et al. 2020; Vaswani et al. 2017,
+https://arxiv.org/abs/1706.03762).
+
+Each pixel is quantised to one of `levels` intensities and the image read in raster order (row by
+row, channels of a pixel together) as a sequence x_1 ... x_T. A causal Transformer predicts
+
+    p(x) = prod_t p(x_t | x_<t, y)
+
+from a start token (the class token y for a conditional model) followed by x_1 ... x_{T-1}, so
+training is one parallel pass with teacher forcing and the likelihood is exact:
+log p(x) = -sum_t CE(logits_t, x_t) nats per image.
+
+Quantisation (the likelihood's data convention): level = floor(x * levels / 256) of the uint8
+pixel x; with 256 levels the NLL is of the 8-bit images themselves (comparable with other 8-bit
+NLLs in bits/dim), with 2 levels of images thresholded at 128. Samples show each level at the
+centre of its intensity bin.
+
+Sampling runs one position per step with a key/value cache (each step attends to the cached keys
+and values of the positions before it); `sample(..., cache=False)` recomputes the whole prefix each
+step and is the reference the cached path is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.config import option
+from genlab.errors import GenlabError
+from genlab.models import nets
+from genlab.train.runtime import Runtime
+
+LEVELS = (2, 4, 8, 16, 256)
+SAMPLE_CHUNK = 256  # images decoded together: bounds the key/value cache's memory
+
+
+@dataclass
+class TransformerConfig:
+    """A pixel Transformer's recipe."""
+
+    name: str = option("transformer", "model family (listed at the end of --help)", flag="--model")
+    levels: int = option(16, "intensity levels each pixel is quantised to (the vocabulary)",
+                         choices=LEVELS)
+    d_model: int = option(64, "width of the residual stream")
+    layers: int = option(4, "Transformer blocks")
+    heads: int = option(4, "attention heads (must divide d_model)")
+    positional: str = option("learned", "positional encoding", choices=("learned", "sinusoidal"))
+    dropout: float = option(0.0, "dropout on attention and MLP outputs")
+    lr: float = option(1e-3, "AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay of the weight matrices")
+    conditional: bool = option(False, "class-conditional: the start token is a class token")
+    temperature: float = option(1.0, "sampling temperature (logits / T)")
+    top_k: int = option(0, "sample only among the k most likely levels (0: all)")
+
+    def validate(self) -> None:
+        for name in ("d_model", "layers", "heads"):
+            if getattr(self, name) <= 0:
+                raise GenlabError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.heads:
+            raise GenlabError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
+        if self.positional == "sinusoidal" and self.d_model % 2:
+            raise GenlabError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if not 0 <= self.dropout < 1:
+            raise GenlabError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise GenlabError(f"lr must be positive, got {self.lr}")
+        check_sampling(self.temperature, self.top_k, self.levels)
+
+
+def check_sampling(temperature: float, top_k: int, levels: int) -> None:
+    if temperature <= 0:
+        raise GenlabError(f"temperature must be positive, got {temperature}")
+    if not 0 <= top_k <= levels:
+        raise GenlabError(f"top_k must lie in 0..{levels} (0: no cut), got {top_k}")
+
+
+# ---------------------------------------------------------------- network
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """The fixed encoding of Vaswani et al.: sin/cos at geometric frequencies [length, dim]."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    return pe
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def _split(self, x: torch.Tensor):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        return [t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v)]  # (B, nh, T, hs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """All positions at once, each attending to itself and the positions before it."""
+        B, T, D = x.shape
+        q, k, v = self._split(x)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+    def step(self, x: torch.Tensor, cache: dict, t: int) -> torch.Tensor:
+        """Position t alone (x [B, 1, D]): its key and value join the cache, its query attends to
+        positions 0..t. No mask is needed: the cache holds only the past."""
+        B, _, D = x.shape
+        q, k, v = self._split(x)
+        cache["k"][:, :, t:t + 1], cache["v"][:, :, t:t + 1] = k, v
+        keys, values = cache["k"][:, :, :t + 1], cache["v"][:, :, :t + 1]  # (B, nh, t+1, hs)
+        # softmax(q k^T / sqrt(hs)) v written out: for a single query PyTorch's fused CPU kernel
+        # is ~20x slower than these two batched matrix products
+        att = (q @ keys.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, 1, t+1)
+        y = att.softmax(-1) @ values  # (B, nh, 1, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, 1, D))
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, heads, dropout)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        x = x + self.drop(self.attn(self.ln1(x)))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+    def step(self, x, cache, t):
+        x = x + self.attn.step(self.ln1(x), cache, t)
+        return x + self.mlp(self.ln2(x))
+
+
+class PixelTransformer(nn.Module):
+    """tokens [B, T] (start token, then pixels 1..T-1) -> logits [B, T, levels]."""
+
+    def __init__(self, length: int, levels: int, starts: int, cfg: TransformerConfig):
+        super().__init__()
+        self.length, self.levels = length, levels
+        self.embed = nn.Embedding(levels + starts, cfg.d_model)  # levels, then the start/class tokens
+        if cfg.positional == "learned":
+            self.pos = nn.Parameter(torch.randn(length, cfg.d_model) * 0.02)
+        else:
+            self.register_buffer("pos", sinusoidal_positions(length, cfg.d_model), persistent=False)
+        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, levels)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens) + self.pos[:tokens.shape[1]]
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.ln_f(h))
+
+    def new_cache(self, batch: int, device) -> list[dict]:
+        d = self.embed.embedding_dim
+        nh = self.blocks[0].attn.heads
+        shape = (batch, nh, self.length, d // nh)
+        return [{"k": torch.zeros(shape, device=device), "v": torch.zeros(shape, device=device)} for _ in self.blocks]
+
+    def step(self, token: torch.Tensor, cache: list[dict], t: int) -> torch.Tensor:
+        """Logits [B, levels] of position t from the token at t [B] and the cache of 0..t-1."""
+        h = self.embed(token)[:, None] + self.pos[t]
+        for block, c in zip(self.blocks, cache):
+            h = block.step(h, c, t)
+        return self.head(self.ln_f(h))[:, 0]
+
+
+def draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+    """One level per row by inverse-CDF sampling with the given uniforms u [B] (drawn up front from
+    the caller's generator, so the cached and uncached samplers consume the same randomness)."""
+    logits = logits.float() / temperature
+    if top_k:
+        kth = logits.topk(top_k, dim=1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    cdf = logits.softmax(1).cumsum(1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1).clamp(max=logits.shape[1] - 1)
+
+
+# ---------------------------------------------------------------- the family
+
+class Transformer:
+    """A pixel Transformer as a genlab family: the network and one AdamW optimiser."""
+
+    SAMPLING_OPTIONS = {"temperature": (float, "divide the logits by T; below 1: sharper, less varied"),
+                        "top_k": (int, "draw each pixel among its k most likely levels (0: all)")}
+
+    def __init__(self, config: TransformerConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
+        self.config = config
+        self.rt = runtime or Runtime()
+        self.device = self.rt.device
+        self.image_shape = tuple(image_shape)
+        self.conditional_classes = nets.conditional_classes(config.conditional, num_classes)
+        self.length = math.prod(self.image_shape)
+        self.net = PixelTransformer(self.length, config.levels, self.conditional_classes or 1, config).to(self.device)
+        decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and not n.startswith(("embed", "pos"))]
+        no_decay = [p for n, p in self.net.named_parameters() if not any(p is q for q in decay)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
+
+    @property
+    def likelihood_convention(self) -> str:
+        L = self.config.levels
+        what = "the 8-bit test images" if L == 256 else f"test images quantised to {L} levels (floor(x * {L} / 256))"
+        return f"exact, of {what}, raster order"
+
+    def nets(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    # ---------------------------------------------------------------- tokens
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> levels [B, T] in raster order, a pixel's channels together."""
+        levels = (images.to(torch.int64) * self.config.levels) // 256
+        return levels.permute(0, 2, 3, 1).reshape(len(images), -1)
+
+    def images(self, tokens: torch.Tensor) -> torch.Tensor:
+        """levels [B, T] -> uint8 [B, C, H, W], each level shown at the centre of its bin."""
+        c, h, w = self.image_shape
+        bin_width = 256 / self.config.levels
+        x = ((tokens.float() + 0.5) * bin_width - 0.5).round().clamp(0, 255).to(torch.uint8)
+        return x.view(-1, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+    def _starts(self, labels, n: int) -> torch.Tensor:
+        """The start token of each sequence: the class token, or the one start token."""
+        base = self.config.levels
+        if not self.conditional_classes:
+            return torch.full((n,), base, dtype=torch.int64, device=self.device)
+        return base + nets.check_labels(labels, n, self.conditional_classes, self.device)
+
+    def _inputs(self, targets: torch.Tensor, labels) -> torch.Tensor:
+        return torch.cat([self._starts(labels, len(targets))[:, None], targets[:, :-1]], 1)
+
+    # ---------------------------------------------------------------- training and likelihood
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """One AdamW step on the mean per-pixel cross-entropy (teacher forcing)."""
+        rt = self.rt
+        targets = self.tokens(images.to(self.device))
+        y = labels if self.conditional_classes else None
+        with rt.autocast():
+            logits = self.net(self._inputs(targets, y))
+            loss = F.cross_entropy(logits.float().reshape(-1, self.config.levels), targets.reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
+        rt.backward(loss)
+        grad = rt.finish_grads("Transformer", self.net, self.opt, loss)
+        rt.step(self.opt)
+        return {"loss": loss.item(), "bits_per_dim": loss.item() / math.log(2), "grad_norm": grad}
+
+    @torch.no_grad()
+    def pixel_log_probs(self, images: torch.Tensor, labels=None) -> torch.Tensor:
+        """log p(x_t | x_<t) of every pixel [n, T] in nats."""
+        if self.conditional_classes and labels is None:
+            raise GenlabError("a conditional model's likelihood is log p(x | y): pass the images' labels")
+        was = self.net.training
+        self.net.eval()
+        try:
+            targets = self.tokens(images.to(self.device))
+            logits = self.net(self._inputs(targets, labels)).float()
+            return torch.gather(logits.log_softmax(-1), 2, targets[..., None])[..., 0].cpu()
+        finally:
+            self.net.train(was)
+
+    @torch.no_grad()
+    def log_likelihood(self, images: torch.Tensor, labels=None) -> torch.Tensor:
+        """Exact log p(x) [n] in nats of the quantised images: the sum of the pixels' log-probabilities."""
+        return self.pixel_log_probs(images, labels).double().sum(1)
+
+    # ---------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def generate(self, n: int, labels=None, generator: torch.Generator | None = None, temperature: float | None = None,
+                 top_k: int | None = None, cache: bool = True, record: bool = False):
+        """Tokens [n, T] (and, with `record`, each step's logits [n, T, levels]). One uniform per
+        pixel is drawn up front from `generator` on the CPU, so a seed gives the same images with
+        or without the cache and on any device."""
+        t_ = self.config.temperature if temperature is None else temperature
+        k_ = self.config.top_k if top_k is None else top_k
+        check_sampling(t_, k_, self.config.levels)
+        u = torch.rand(n, self.length, generator=generator).to(self.device)
+        starts = self._starts(labels, n)
+        tokens = torch.zeros(n, self.length, dtype=torch.int64, device=self.device)
+        trace = []
+        was = self.net.training
+        self.net.eval()
+        try:
+            kv = self.net.new_cache(n, self.device) if cache else None
+            for t in range(self.length):
+                if cache:
+                    logits = self.net.step(starts if t == 0 else tokens[:, t - 1], kv, t)
+                else:
+                    logits = self.net(torch.cat([starts[:, None], tokens[:, :t]], 1))[:, -1]
+                tokens[:, t] = draw(logits, u[:, t], t_, k_)
+                if record:
+                    trace.append(logits.float().cpu())
+        finally:
+            self.net.train(was)
+        return (tokens, torch.stack(trace, 1)) if record else tokens
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, temperature: float | None = None,
+               top_k: int | None = None, cache: bool = True) -> torch.Tensor:
+        """n images uint8 [n, C, H, W] on the CPU, decoded SAMPLE_CHUNK at a time (the cache of a
+        chunk of 256 28x28 images is 0.4 GB with the default width)."""
+        labels = None if not self.conditional_classes else (
+            torch.arange(n) % self.conditional_classes if labels is None else torch.as_tensor(labels))
+        parts = []
+        for start in range(0, n, SAMPLE_CHUNK):
+            m = min(SAMPLE_CHUNK, n - start)
+            part_labels = labels[start:start + m] if labels is not None else None
+            parts.append(self.generate(m, part_labels, generator, temperature, top_k, cache).cpu())
+        return self.images(torch.cat(parts))
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])

@@ -1,0 +1,306 @@
+"""A run as one self-contained HTML page, and a set of runs as one comparison page.
+
+Everything the page shows is inside it (PNG images as data: URIs, inline CSS, no scripts, no
+links out), so it opens from disk, offline, and can be mailed as one file. Each plot is also written
+as a PNG in a folder next to the page (`NAME_files/`), for slides and papers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import yaml
+
+from genlab.errors import GenlabError
+from genlab.report import plots
+from genlab.report.grids import make_grid
+from genlab.train import rundir
+
+STRIP_FRAMES = 8  # sample grids shown from first to last epoch
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0 auto;max-width:1100px;padding:1rem 2rem;color:#222}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
+th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+figure{display:inline-block;margin:.3rem;text-align:center;vertical-align:top} figcaption{font-size:.8rem;color:#555}
+img{image-rendering:pixelated;max-width:100%} pre{background:#f7f7f7;padding:.6rem;overflow-x:auto;font-size:.8rem}
+.muted{color:#777} .diag{border-left:4px solid #d9822b;padding:.2rem .8rem;margin:.4rem 0;background:#fdf6ee}
+"""
+
+
+# ---------------------------------------------------------------- small pieces
+
+def png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def array_png(array, scale: int = 2) -> bytes:
+    """uint8 [H, W, C] -> PNG bytes, enlarged with sharp pixels."""
+    from PIL import Image
+
+    img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def figure(data: bytes, caption: str, alt: str | None = None) -> str:
+    return (f'<figure><img src="{png_uri(data)}" alt="{html.escape(alt or caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>\n{body}\n</section>'
+
+
+def missing(text: str) -> str:
+    return f'<p class="muted">{html.escape(text)}</p>'
+
+
+def table_html(rows: list[list], head: list[str]) -> str:
+    cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def page(title: str, sections: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(sections) + "\n</body></html>\n")
+
+
+def check_run(run: Path) -> None:
+    if not run.is_dir() or not rundir.is_run(run):
+        raise GenlabError(f"{run} is not a genlab run folder (no config.yaml); pass a folder made by `genlab train`")
+    if not (run / rundir.META).is_file():
+        raise GenlabError(f"{run} has no run.json: the run did not get far enough to report on")
+
+
+def plot_file(files: Path, name: str) -> Path:
+    files.mkdir(parents=True, exist_ok=True)
+    return files / f"{name}.png"
+
+
+# ---------------------------------------------------------------- one run
+
+def _overview(run: Path, meta: dict, config: dict) -> str:
+    rows = [["model", meta.get("model")], ["dataset", f"{meta.get('dataset')} ({meta.get('dataset_split')}, "
+                                           f"{meta.get('num_images')} images)"],
+            ["status", f"{meta.get('status')}: {meta.get('stop_reason') or ''}"],
+            ["steps", meta.get("steps")], ["training time", f"{meta.get('seconds', 0) / 60:.1f} min"],
+            ["images per second", meta.get("img_per_s")], ["conditional", config["model"].get("conditional", False)]]
+    return section("overview", f"Run {run.name}", table_html(rows, ["", ""]))
+
+
+def _config(run: Path, meta: dict) -> str:
+    env_keys = ("genlab_version", "torch_version", "python_version", "platform", "device", "precision",
+                "world_size", "threads", "seed", "dataset_checksum", "started", "finished")
+    env = table_html([[k, fmt(meta.get(k))] for k in env_keys if k in meta], ["environment", ""])
+    text = (run / rundir.CONFIG).read_text()
+    return section("config", "Config and environment",
+                   f"<pre>{html.escape(text)}</pre>\n{env}\n<p>Repeat it with "
+                   f"<code>genlab train --config {html.escape(str(run / rundir.CONFIG))} --out NEW</code>.</p>")
+
+
+def _grid_files(run: Path) -> list[Path]:
+    epochs = sorted((run / rundir.SAMPLES).glob("epoch_*.png"))
+    final = run / rundir.SAMPLES / "final.png"
+    return epochs + ([final] if final.is_file() else [])
+
+
+def _samples(run: Path) -> str:
+    grids = _grid_files(run)
+    if not grids:
+        return section("samples", "Samples over training", missing("No sample grids were written."))
+    if len(grids) > STRIP_FRAMES:  # first, last and evenly spaced between
+        idx = sorted({round(i * (len(grids) - 1) / (STRIP_FRAMES - 1)) for i in range(STRIP_FRAMES)})
+        grids = [grids[i] for i in idx]
+    figs = "".join(figure(p.read_bytes(), p.stem.replace("_", " ")) for p in grids)
+    return section("samples", "Samples over training", "<p>The same noise each time, so a grid can be "
+                   "compared image by image with the one before.</p>" + figs)
+
+
+def _classes(run: Path, config: dict, meta: dict) -> str:
+    if not config["model"].get("conditional"):
+        return section("classes", "Per-class samples", missing("An unconditional model: no per-class grid "
+                                                               "(train with --conditional for one)."))
+    grids = _grid_files(run)
+    names = meta.get("class_names") or []
+    caption = "one column per class" + (f": {', '.join(map(str, names))}" if names else "")
+    body = figure(grids[-1].read_bytes(), caption) if grids else missing("No grid was written.")
+    return section("classes", "Per-class samples", body)
+
+
+def _curves(run: Path, files: Path, history: list[dict]) -> str:
+    if not history:
+        return section("curves", "Training curves", missing("The log is empty."))
+    path = plot_file(files, "curves")
+    plots.plot_curves(history, path, title=f"{run.name}")
+    note = "<p>D(x) and D(G(z)) are the discriminator's mean outputs on real and generated images.</p>" \
+        if "d_real" in history[0] else ""
+    return section("curves", "Training curves", note + figure(path.read_bytes(), "losses and logged values"))
+
+
+def _metrics(run: Path, files: Path) -> str:
+    body = []
+    history = read_jsonl(run / rundir.METRICS)
+    if history:
+        path = plot_file(files, "metric_history")
+        plots.plot_metric_history(history, path)
+        body.append(figure(path.read_bytes(), "metrics during training (--eval-every)"))
+    result = json.loads((run / rundir.EVAL).read_text()) if (run / rundir.EVAL).is_file() else None
+    if result:
+        rows = [[name, fmt(m["value"]) + (f" ± {m['std']:.2g}" if m.get("std") else ""), fmt(m.get("floor")),
+                 m["better"]] for name, m in result["metrics"].items()]
+        body.append(f"<p>{result['n']} samples in the features {html.escape(result['features'])}; real floor: "
+                    f"{result['floor_n']} held-out real images scored the same way.</p>")
+        body.append(table_html(rows, ["metric", "value", "real floor", "better"]))
+        if result.get("likelihood_convention"):
+            body.append(f"<p>Likelihood: {html.escape(result['likelihood_convention'])}.</p>")
+    else:
+        body.append(missing(f"Not evaluated yet: `genlab eval {run}` writes eval.json, which this page shows."))
+    return section("metrics", "Metrics", "\n".join(body))
+
+
+def _diagnostics(run: Path) -> str:
+    found = read_jsonl(run / rundir.DIAGNOSES)
+    if not found:
+        return section("diagnostics", "Diagnostics", "<p>No training failure was diagnosed.</p>")
+    items = "".join(f'<div class="diag"><b>step {d["step"]}</b> ({html.escape(d["kind"].replace("_", " "))}): '
+                    f"{html.escape(d['sentence'])}</div>" for d in found)
+    return section("diagnostics", "Diagnostics", items)
+
+
+VIEW_CAPTIONS = {
+    "interpolation": "slerp between random latents, one pair per row",
+    "reconstructions": "inputs (upper row of each pair) and their reconstructions (lower row)",
+    "real-interpolation": "paths between the latents of two real images",
+    "traversal": "one latent dimension per row, swept from -3 to 3",
+    "denoising": "sampling from noise to image, one chain per row",
+}
+
+
+def _views(run: Path) -> str:
+    paths = sorted((run / rundir.SAMPLES).glob("view-*.png"))
+    if not paths:
+        return section("views", "Inside the model", missing("This family has no latent space to show; "
+                                                            "its samples are above."))
+    figs = "".join(figure(p.read_bytes(), VIEW_CAPTIONS.get(p.stem[5:], p.stem[5:])) for p in paths)
+    return section("views", "Inside the model", figs)
+
+
+def run_report(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write RUN's report (default RUN/report.html) and its plots (REPORT_files/); returns the page."""
+    run = Path(run)
+    check_run(run)
+    out = Path(out) if out else run / "report.html"
+    files = out.parent / f"{out.stem}_files"
+    meta = rundir.read_json(run / rundir.META)
+    config = yaml.safe_load((run / rundir.CONFIG).read_text())
+    history = read_jsonl(run / rundir.LOG)
+    sections = [f"<h1>genlab report: {html.escape(run.name)}</h1>"
+                f"<p class=\"muted\">{html.escape(meta.get('model', ''))} on {html.escape(meta.get('dataset', ''))}</p>",
+                _overview(run, meta, config), _config(run, meta), _samples(run), _classes(run, config, meta),
+                _curves(run, files, history), _metrics(run, files), _diagnostics(run), _views(run)]
+    _write(out, page(f"genlab report: {run.name}", sections))
+    return out
+
+
+def _write(out: Path, text: str) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as err:
+        raise GenlabError(f"cannot write {out} ({err.strerror or err}); choose a writable --out") from None
+
+
+# ---------------------------------------------------------------- several runs
+
+COLUMNS = ("fid", "kid", "is", "precision", "recall", "coverage", "nll_nats")
+
+
+def run_row(run: Path) -> dict:
+    meta = rundir.read_json(run / rundir.META)
+    result = json.loads((run / rundir.EVAL).read_text()) if (run / rundir.EVAL).is_file() else {"metrics": {}}
+    row = {"run": run.name, "path": str(run), "model": meta.get("model"), "dataset": meta.get("dataset"),
+           "steps": meta.get("steps"), "minutes": (meta.get("seconds") or 0) / 60, "img_per_s": meta.get("img_per_s")}
+    row.update({k: result["metrics"].get(k, {}).get("value") for k in COLUMNS})
+    return row
+
+
+def compare_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["run", "model", "dataset", "budget", "img/s", "FID", "KID", "IS", "precision", "recall", "coverage",
+            "NLL (nats)"]
+    body = [[r["run"], r["model"], r["dataset"], f"{r['minutes']:.1f} min, {r['steps']} steps", fmt(r["img_per_s"]),
+             *[fmt(r[k]) for k in COLUMNS]] for r in rows]
+    return head, body
+
+
+def markdown_table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+
+
+def side_by_side(runs: list[Path], n: int = 16, seed: int = 0) -> list[tuple[str, bytes]]:
+    """(run name, PNG) of `n` samples from each run with the same seed (the same noise where two
+    runs' families and latent sizes agree)."""
+    from genlab.generate import load_run, sample_from
+
+    out = []
+    for run in runs:
+        _, model, _ = load_run(run)
+        images = sample_from(model, n, seed=seed)
+        out.append((run.name, array_png(make_grid(images, nrow=4))))
+    return out
+
+
+def compare_runs(runs: list[str | Path], out: str | Path = "compare.html", samples: int = 16) -> tuple[Path, str]:
+    """Write the comparison page of `runs` (sorted by FID, unevaluated runs last); returns the page
+    and the table as markdown."""
+    if not runs:
+        raise GenlabError("compare needs at least one run folder")
+    paths = [Path(r) for r in runs]
+    for run in paths:
+        check_run(run)
+        if not (run / rundir.WEIGHTS).is_file():
+            raise GenlabError(f"run {run} has no {rundir.WEIGHTS}: it has not finished")
+    rows = sorted((run_row(p) for p in paths), key=lambda r: (r["fid"] is None, r["fid"] or 0))
+    head, body = compare_table(rows)
+    out = Path(out)
+    files = out.parent / f"{out.stem}_files"
+    sections = [f"<h1>genlab comparison of {len(rows)} runs</h1>",
+                section("table", "Runs, best FID first", table_html(body, head)
+                        + "<p>Each run's metrics come from its eval.json (`genlab eval RUN`); a dash: not evaluated "
+                          "or not defined for the family.</p>")]
+    scored = [r for r in rows if r["fid"] is not None]
+    if scored:
+        path = plot_file(files, "quality_vs_time")
+        plots.plot_quality_vs_time(scored, path)
+        sections.append(section("quality", "Quality versus training time", figure(path.read_bytes(), "FID against minutes of training")))
+    else:
+        sections.append(section("quality", "Quality versus training time", missing("No run has been evaluated.")))
+    figs = "".join(figure(png, name) for name, png in side_by_side([Path(r["path"]) for r in rows], samples))
+    sections.append(section("samples", "Samples side by side", f"<p>{samples} samples from each run, seed 0.</p>" + figs))
+    _write(out, page("genlab comparison", sections))
+    return out, markdown_table(head, body)

@@ -1,0 +1,313 @@
+"""`genlab serve`: a local web demo of trained runs (FastAPI on uvicorn, one small page, no network).
+
+The page lists the runs, draws a grid for a seed, a count and (conditional models) a class, offers
+the sampling options of the run's family (temperature, top-k, DDIM steps, guidance) and only those,
+interpolates between two seeds with a slider (families with a latent space), and downloads the grid
+as PNG. Every endpoint checks its parameters and answers a bad one with a 4xx and one sentence; the
+server keeps serving. The page loads nothing from outside: its script and style are inline.
+
+Endpoints: GET / (the page), GET /api/runs, GET /api/generate.png, GET /api/interpolate.png.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at run time
+
+import io
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from genlab.errors import GenlabError
+from genlab.report.grids import make_grid
+
+MAX_SEED = 2**31 - 1
+MAX_QUERY = 2048  # bytes of query string accepted; longer requests get 414
+MAX_BODY = 16 * 1024  # bytes of body accepted (no endpoint takes one); larger get 413
+
+
+@dataclass
+class LoadedRun:
+    """A run's model in memory, with what the page shows about it."""
+
+    name: str
+    path: Path
+    model: object
+    meta: dict
+    metrics: dict
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one request at a time per model
+
+    def describe(self) -> dict:
+        options = {name: {"type": kind.__name__, "help": text,
+                          "default": getattr(self.model.config, "sample_steps" if name == "steps" else name, None)}
+                   for name, (kind, text) in getattr(self.model, "SAMPLING_OPTIONS", {}).items()}
+        k = getattr(self.model, "conditional_classes", None)
+        names = self.meta.get("class_names") or [str(i) for i in range(k or 0)]
+        return {"name": self.name, "model": self.meta.get("model"), "dataset": self.meta.get("dataset"),
+                "steps": self.meta.get("steps"), "conditional": bool(k), "classes": names[:k] if k else [],
+                "interpolation": hasattr(self.model, "latent_dim") and hasattr(self.model, "decode"),
+                "metrics": self.metrics, "options": options}
+
+
+def load_runs(paths: list[str | Path]) -> dict[str, LoadedRun]:
+    """Load every run once (a folder that is not a genlab run is refused, naming it)."""
+    import json
+
+    from genlab.generate import load_run
+    from genlab.train import rundir
+
+    runs: dict[str, LoadedRun] = {}
+    for p in map(Path, paths):
+        if not p.is_dir() or not rundir.is_run(p):
+            raise GenlabError(f"{p} is not a genlab run folder (no config.yaml); pass folders made by `genlab train`")
+        name = p.resolve().name
+        if name in runs:
+            raise GenlabError(f"two runs are named {name!r}; serve runs whose folder names differ")
+        _, model, meta = load_run(p)
+        metrics = {}
+        if (p / rundir.EVAL).is_file():
+            saved = json.loads((p / rundir.EVAL).read_text())["metrics"]
+            metrics = {k: saved[k]["value"] for k in ("fid", "precision", "recall", "nll_nats") if k in saved}
+        runs[name] = LoadedRun(name, p, model, meta, metrics)
+    if not runs:
+        raise GenlabError("give at least one run folder to serve")
+    return runs
+
+
+# ---------------------------------------------------------------- parameter checks
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def _int(params, name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must lie in {low}..{high}, got {value}")
+    return value
+
+
+def _run(runs: dict[str, LoadedRun], params) -> LoadedRun:
+    name = params.get("run")
+    if not name:
+        raise BadRequest("give the run's name: ?run=NAME (GET /api/runs lists them)")
+    if name not in runs:
+        raise BadRequest(f"unknown run {name!r}; known runs: {', '.join(runs)}", 404)
+    return runs[name]
+
+
+def _label(run: LoadedRun, params) -> int | None:
+    k = getattr(run.model, "conditional_classes", None)
+    raw = params.get("label")
+    if raw in (None, ""):
+        return None
+    if not k:
+        raise BadRequest(f"run {run.name} is not class-conditional; leave out label")
+    return _int(params, "label", 0, 0, k - 1)
+
+
+def _options(run: LoadedRun, params) -> dict:
+    from genlab.generate import sampling_options
+
+    known = getattr(run.model, "SAMPLING_OPTIONS", {})
+    given = {name: params[name] for name in known if params.get(name) not in (None, "")}
+    try:
+        return sampling_options(run.model, given)
+    except GenlabError as err:
+        raise BadRequest(str(err)) from None
+
+
+def _png(images: torch.Tensor, nrow: int) -> bytes:
+    from PIL import Image
+
+    grid = make_grid(images, nrow=nrow)
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    img = img.resize((img.width * 3, img.height * 3), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- the work behind the endpoints
+
+def generate_png(run: LoadedRun, params, max_images: int) -> bytes:
+    from genlab.generate import labels_for, sample_from
+
+    count = _int(params, "count", 16, 1, max_images)
+    seed = _int(params, "seed", 0, 0, MAX_SEED)
+    label = _label(run, params)
+    options = _options(run, params)
+    with run.lock:
+        labels = labels_for(run.model, count, [label] if label is not None else None)
+        try:
+            images = sample_from(run.model, count, seed=seed, labels=labels, options=options)
+        except GenlabError as err:  # e.g. steps above the model's T
+            raise BadRequest(str(err)) from None
+    return _png(images, nrow=min(count, 8))
+
+
+def interpolate_png(run: LoadedRun, params) -> bytes:
+    from genlab.metrics.scores import slerp
+
+    if not (hasattr(run.model, "latent_dim") and hasattr(run.model, "decode")):
+        raise BadRequest(f"run {run.name} ({run.meta.get('model')}) has no latent space to interpolate in")
+    seed_a, seed_b = _int(params, "seed_a", 0, 0, MAX_SEED), _int(params, "seed_b", 1, 0, MAX_SEED)
+    raw = params.get("t", "0.5")
+    try:
+        t = float(raw)
+    except ValueError:
+        raise BadRequest(f"t must be a number in [0, 1], got {raw!r}") from None
+    if not 0 <= t <= 1:
+        raise BadRequest(f"t must lie in [0, 1], got {t}")
+    label = _label(run, params)
+    dim = run.model.latent_dim
+    z = slerp(torch.randn(1, dim, generator=torch.Generator().manual_seed(seed_a)),
+              torch.randn(1, dim, generator=torch.Generator().manual_seed(seed_b)), torch.tensor([t]))
+    k = getattr(run.model, "conditional_classes", None)
+    labels = {"labels": torch.tensor([label if label is not None else 0])} if k else {}
+    with run.lock:
+        x = run.model.decode(z, **labels)
+    return _png((x.clamp(0, 1) * 255).round().to(torch.uint8).cpu(), nrow=1)
+
+
+# ---------------------------------------------------------------- the app
+
+def create_app(run_paths: list[str | Path], max_images: int = 64):
+    """The FastAPI application serving `run_paths` (loaded now, so a bad folder fails at start)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+    runs = load_runs(run_paths)
+    app = FastAPI(title="genlab serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def limit_size(request: Request, call_next):
+        if len(request.url.query.encode()) > MAX_QUERY:
+            return JSONResponse({"detail": f"request too long: the query may hold {MAX_QUERY} bytes"}, 414)
+        length = request.headers.get("content-length")
+        if length and (not length.isdigit() or int(length) > MAX_BODY):
+            return JSONResponse({"detail": f"request body too large: at most {MAX_BODY} bytes"}, 413)
+        return await call_next(request)
+
+    def answer(work):
+        try:
+            return Response(work(), media_type="image/png", headers={"Cache-Control": "no-store"})
+        except BadRequest as err:
+            return JSONResponse({"detail": str(err)}, err.status)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index():
+        return HTMLResponse(PAGE.replace("__MAX__", str(max_images)))
+
+    @app.get("/api/runs")
+    def list_runs():
+        return {"runs": [r.describe() for r in runs.values()], "max_images": max_images}
+
+    @app.get("/api/generate.png")
+    def generate(request: Request):
+        params = request.query_params
+        return answer(lambda: generate_png(_run(runs, params), params, max_images))
+
+    @app.get("/api/interpolate.png")
+    def interpolate(request: Request):
+        params = request.query_params
+        return answer(lambda: interpolate_png(_run(runs, params), params))
+
+    return app
+
+
+def serve(run_paths: list[str | Path], host: str = "127.0.0.1", port: int = 7860, max_images: int = 64) -> None:
+    try:
+        import uvicorn
+    except ImportError:
+        raise GenlabError("genlab serve needs FastAPI and uvicorn: pip install 'genlab[serve]'") from None
+    app = create_app(run_paths, max_images)
+    print(f"genlab serve: http://{host}:{port}/  (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>genlab serve</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1000px;padding:1rem 2rem;color:#222}
+fieldset{border:1px solid #ddd;margin:.6rem 0;padding:.5rem 1rem} label{margin-right:1rem;display:inline-block}
+input[type=number]{width:6rem} #info{color:#555;font-size:.9rem} #error{color:#b00020;min-height:1.2rem}
+img{image-rendering:pixelated;border:1px solid #eee;margin-top:.5rem} button{padding:.3rem 1rem}
+</style></head><body>
+<h1>genlab serve</h1>
+<fieldset><legend>Run</legend><select id="run"></select><div id="info"></div></fieldset>
+<fieldset><legend>Generate</legend>
+<label>seed <input id="seed" type="number" min="0" value="0"></label>
+<label>count <input id="count" type="number" min="1" max="__MAX__" value="16"></label>
+<label id="label-box" hidden>class <select id="label"></select></label>
+<span id="options"></span>
+<button id="generate">Generate</button> <a id="download" download="genlab-grid.png" href="#">download PNG</a>
+<div id="error"></div><img id="grid" alt="generated grid">
+</fieldset>
+<fieldset id="interp-box"><legend>Interpolate between two seeds</legend>
+<label>seed A <input id="seed-a" type="number" min="0" value="0"></label>
+<label>seed B <input id="seed-b" type="number" min="0" value="1"></label>
+<label>t <input id="t" type="range" min="0" max="1" step="0.05" value="0.5"> <span id="t-value">0.5</span></label>
+<br><img id="frame" alt="interpolation frame">
+</fieldset>
+<script>
+let runs = [];
+const $ = id => document.getElementById(id);
+const esc = s => String(s).replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})[c]);
+function current() { return runs.find(r => r.name === $("run").value); }
+function query(extra) {
+  const p = new URLSearchParams({run: $("run").value, ...extra});
+  return p.toString();
+}
+function showRun() {
+  const r = current();
+  const m = Object.entries(r.metrics).map(([k, v]) => k + " " + Number(v).toPrecision(4)).join(", ");
+  $("info").textContent = r.model + " on " + r.dataset + ", " + r.steps + " steps" + (m ? "; " + m : "");
+  $("label-box").hidden = !r.conditional;
+  $("label").innerHTML = '<option value="">all classes</option>' +
+    r.classes.map((c, i) => '<option value="' + i + '">' + i + ": " + esc(c) + "</option>").join("");
+  $("options").innerHTML = Object.entries(r.options).map(([k, o]) =>
+    '<label>' + esc(k) + ' <input class="opt" name="' + esc(k) + '" title="' + esc(o.help) + '" value="' +
+    esc(o.default ?? "") + '" size="6"></label>').join("");
+  $("interp-box").hidden = !r.interpolation;
+}
+async function show(img, url) {
+  $("error").textContent = "";
+  const res = await fetch(url);
+  if (!res.ok) { $("error").textContent = (await res.json()).detail; return; }
+  const blob = await res.blob();
+  img.src = URL.createObjectURL(blob);
+  return img.src;
+}
+async function generate() {
+  const extra = {seed: $("seed").value, count: $("count").value};
+  if (current().conditional && $("label").value !== "") extra.label = $("label").value;
+  document.querySelectorAll(".opt").forEach(i => { if (i.value !== "") extra[i.name] = i.value; });
+  const src = await show($("grid"), "/api/generate.png?" + query(extra));
+  if (src) $("download").href = src;
+}
+function frame() {
+  $("t-value").textContent = $("t").value;
+  if (!current().interpolation) return;
+  const extra = {seed_a: $("seed-a").value, seed_b: $("seed-b").value, t: $("t").value};
+  if (current().conditional && $("label").value !== "") extra.label = $("label").value;
+  show($("frame"), "/api/interpolate.png?" + query(extra));
+}
+fetch("/api/runs").then(r => r.json()).then(data => {
+  runs = data.runs;
+  $("run").innerHTML = runs.map(r => '<option>' + esc(r.name) + '</option>').join("");
+  showRun(); frame();
+});
+$("run").onchange = () => { showRun(); frame(); };
+$("generate").onclick = generate;
+["t", "seed-a", "seed-b"].forEach(id => $(id).oninput = frame);
+</script></body></html>
+"""

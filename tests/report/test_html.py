@@ -1,0 +1,150 @@
+"""HTML run reports and comparisons: every section present, every image decodes, nothing loaded from
+the network; and a headless Chromium that opens the page from disk and sees its images rendered."""
+
+import base64
+import io
+import os
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+from PIL import Image
+
+from genlab.cli import main
+
+SECTIONS = ["overview", "config", "samples", "classes", "curves", "metrics", "diagnostics", "views"]
+TINY = ["--limit", "256", "--batch-size", "32", "--no-progress", "--device", "cpu", "--grid-size", "20",
+        "--log-every", "2"]
+
+
+class Page(HTMLParser):
+    """The section ids, image sources and every URL-bearing attribute of a page."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.sections, self.images, self.urls = [], [], []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append(attrs.get("id"))
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for name in ("src", "href", "action", "data"):
+            if name in attrs:
+                self.urls.append(attrs[name])
+
+
+def check_page(path):
+    text = path.read_text()
+    page = Page(text)
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as img:
+            img.load()
+            assert img.width > 0 and img.height > 0
+    assert all(u.startswith("data:") for u in page.urls), [u[:40] for u in page.urls if not u.startswith("data:")]
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    return page
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, small_extractor):
+    """A conditional DCGAN and a VAE, trained a few steps and evaluated with the quick extractor."""
+    root = tmp_path_factory.mktemp("runs")
+    made = {}
+    for name, extra in (("dcgan", ["--conditional", "--width", "8"]), ("vae", ["--width", "8"])):
+        run = root / name
+        assert main(["train", "--model", name, "--steps", "16", "--out", str(run), *TINY, *extra]) == 0
+        assert main(["eval", str(run), "--n", "200", "--features", str(small_extractor.path), "--ppl-samples", "20"]) == 0
+        made[name] = run
+    return made
+
+
+def test_run_report_has_every_section_and_only_inline_images(runs, tmp_path):
+    out = tmp_path / "r" / "gan.html"
+    assert main(["report", str(runs["dcgan"]), "--out", str(out)]) == 0
+    page = check_page(out)
+    assert page.sections == SECTIONS
+    assert len(page.images) == 5  # 2 epoch grids, the per-class grid, curves, interpolation
+    assert (tmp_path / "r" / "gan_files" / "curves.png").is_file()
+    text = out.read_text()
+    assert "D(x)" in text and "fid" in text and "real floor" in text and "one column per class" in text
+
+
+def test_vae_report_shows_reconstructions_and_likelihood(runs):
+    assert main(["report", str(runs["vae"])]) == 0
+    out = runs["vae"] / "report.html"
+    page = check_page(out)
+    assert page.sections == SECTIONS
+    text = out.read_text()
+    for expected in ("reconstructions", "one latent dimension per row", "nll_nats", "Likelihood: test images binarised",
+                     "An unconditional model"):
+        assert expected in text
+
+
+def test_compare_sorts_by_fid_and_shows_samples_side_by_side(runs, tmp_path, capsys):
+    out = tmp_path / "c.html"
+    assert main(["compare", str(runs["vae"]), str(runs["dcgan"]), "--out", str(out), "--markdown",
+                 "--samples", "8"]) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "FID" not in line]
+    fids = [float(r.split("|")[6]) for r in rows]
+    assert fids == sorted(fids) and len(rows) == 2
+    page = check_page(out)
+    assert page.sections == ["table", "quality", "samples"]
+    assert len(page.images) == 3  # the plot and one grid per run
+    assert (tmp_path / "c_files" / "quality_vs_time.png").is_file()
+
+
+def test_report_bad_input(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a genlab run folder" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "nope")]) == 2
+    assert "not a genlab run folder" in capsys.readouterr().err
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def chromium_driver():
+    """Headless Chromium driven by Debian's chromedriver, with its background networking off."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for drivers online
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1200,1600"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(DRIVER))
+
+
+def open_in_chromium(path, screenshot):
+    """Open `path` from disk in headless Chromium; returns the images' natural widths."""
+    driver = chromium_driver()
+    try:
+        driver.get(path.resolve().as_uri())
+        widths = driver.execute_script(
+            "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0);")
+        driver.save_screenshot(str(screenshot))
+        return widths
+    finally:
+        driver.quit()
+
+
+@pytest.mark.skipif(not (CHROMIUM and DRIVER) and not os.environ.get("CI"),
+                    reason="Chromium and chromedriver are not installed (.ci/run installs them)")
+def test_chromium_renders_the_report(runs, tmp_path):
+    out = tmp_path / "report.html"
+    assert main(["report", str(runs["dcgan"]), "--out", str(out)]) == 0
+    shot = tmp_path / "report.png"
+    widths = open_in_chromium(out, shot)
+    assert widths and all(w > 0 for w in widths), widths
+    with Image.open(shot) as img:
+        grey = img.convert("L")
+        lo, hi = grey.getextrema()
+        assert hi - lo > 100 and len(grey.histogram()) - grey.histogram().count(0) > 20  # not a blank page
