@@ -19,7 +19,7 @@ def test_a_run_folder_holds_everything(tmp_path):
     run = train(tiny_config(tmp_path / "run", steps=None, epochs=2, log_every=3))
     names = {p.name for p in run.iterdir()}
     assert {"config.yaml", "run.json", "log.jsonl", "loss_curve.png", "model.safetensors", "samples"} <= names
-    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png", "view-interpolation.png"]
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "finished" and meta["steps"] == 16 and meta["epochs_completed"] == 2
     assert meta["dataset_checksum"].startswith("sha256:") and meta["seed"] == 0
