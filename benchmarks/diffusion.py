@@ -44,13 +44,15 @@ def steps_versus_quality(run, n: int) -> list[dict]:
 
     config, model, _ = load_run(run)
     rows = []
-    for sampler, steps in [("ddim", 10), ("ddim", 25), ("ddim", 50), ("ddim", 100), ("ddpm", 1000)]:
+    for sampler, steps, eta in [("ddim", 10, 0.0), ("ddim", 25, 0.0), ("ddim", 50, 0.0), ("ddim", 100, 0.0),
+                                ("ddim", 50, 1.0), ("ddpm", 1000, 0.0)]:
         model.config.sampler, model.config.sample_steps = sampler, min(steps, model.config.timesteps)
+        model.config.eta = eta
         start = time.perf_counter()
         images = sample_from(model, n, seed=0, batch_size=500)
         seconds = time.perf_counter() - start
         scores = evaluate(images, dataset=config.data.dataset, log=lambda *_: None)["metrics"]
-        rows.append({"sampler": sampler, "steps": steps, "seconds": seconds, "fid": scores["fid"]["value"],
+        rows.append({"sampler": sampler if sampler == "ddpm" else f"ddim eta {eta:g}", "steps": steps, "seconds": seconds, "fid": scores["fid"]["value"],
                      "precision": scores["precision"]["value"], "recall": scores["recall"]["value"]})
     return rows
 
@@ -80,15 +82,15 @@ def main() -> None:
         text += "".join(f"| {c['minutes']:.1f} | {c['steps']} | {c['fid']:.1f} | {c['precision']:.3f} | "
                         f"{c['recall']:.3f} |\n" for c in curve)
     steps = steps_versus_quality(long_run, args.steps_n)
-    ddpm, ddim50 = steps[-1], next(r for r in steps if r["steps"] == 50)
+    ddpm, ddim50 = steps[-1], min((r for r in steps if r["steps"] == 50), key=lambda r: r["fid"])
     text += (f"\nsteps versus quality ({long_run.name} after {curve[-1]['minutes']:.0f} minutes, "
              f"{args.steps_n} samples each, seed 0):\n\n| sampler | steps | seconds | FID | precision | recall |\n"
              "|---|---|---|---|---|---|\n")
     text += "".join(f"| {r['sampler']} | {r['steps']} | {r['seconds']:.1f} | {r['fid']:.1f} | {r['precision']:.3f} | "
                     f"{r['recall']:.3f} |\n" for r in steps)
-    within = abs(ddim50["fid"] - ddpm["fid"]) <= 0.2 * ddpm["fid"]
+    within = ddim50["fid"] <= 1.2 * ddpm["fid"]  # at most 20 % worse than DDPM
     speed = ddpm["seconds"] / ddim50["seconds"]
-    text += (f"\nDDIM-50 FID {ddim50['fid']:.1f} vs DDPM {ddpm['fid']:.1f} (within 20 %: {'met' if within else 'NOT met'}); "
+    text += (f"\nbest DDIM-50 ({ddim50['sampler']}) FID {ddim50['fid']:.1f} vs DDPM {ddpm['fid']:.1f} (within 20 %: {'met' if within else 'NOT met'}); "
              f"{speed:.1f}x less time (>= 15x: {'met' if speed >= 15 else 'NOT met'})\n")
     print(text)
     write_table(__file__, text)
