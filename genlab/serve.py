@@ -11,7 +11,6 @@ Endpoints: GET / (the page), GET /api/runs, GET /api/generate.png, GET /api/inte
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at run time
 
-import io
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import torch
 
 from genlab.errors import GenlabError
-from genlab.report.grids import make_grid
+from genlab.report.grids import make_grid, png_bytes
+from genlab.report.views import to_uint8
 
 MAX_SEED = 2**31 - 1
 MAX_QUERY = 2048  # bytes of query string accepted; longer requests get 414
@@ -126,14 +126,7 @@ def _options(run: LoadedRun, params) -> dict:
 
 
 def _png(images: torch.Tensor, nrow: int) -> bytes:
-    from PIL import Image
-
-    grid = make_grid(images, nrow=nrow)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    img = img.resize((img.width * 3, img.height * 3), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(make_grid(images, nrow=nrow), scale=3)
 
 
 # ---------------------------------------------------------------- the work behind the endpoints
@@ -175,7 +168,7 @@ def interpolate_png(run: LoadedRun, params) -> bytes:
     labels = {"labels": torch.tensor([label if label is not None else 0])} if k else {}
     with run.lock:
         x = run.model.decode(z, **labels)
-    return _png((x.clamp(0, 1) * 255).round().to(torch.uint8).cpu(), nrow=1)
+    return _png(to_uint8(x).cpu(), nrow=1)
 
 
 # ---------------------------------------------------------------- the app

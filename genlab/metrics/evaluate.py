@@ -258,17 +258,16 @@ def likelihood(model, test: ImageSet, limit: int = 10_000) -> dict | None:
     images, labels = test.images[:limit], test.labels[:limit]
     conditional = bool(getattr(model, "conditional_classes", None))
 
-    def batches(fn):
-        return torch.cat([fn(images[i:i + 500], **({"labels": labels[i:i + 500]} if conditional else {}))
-                          .double().cpu() for i in range(0, len(images), 500)])
+    def per_batch(fn) -> list:
+        return [fn(images[i:i + 500], **({"labels": labels[i:i + 500]} if conditional else {}))
+                for i in range(0, len(images), 500)]
 
     dims = images[0].numel()
     if hasattr(model, "likelihood_bounds"):  # a VAE: the ELBO beside the importance-weighted estimate
-        both = [model.likelihood_bounds(images[i:i + 500], **({"labels": labels[i:i + 500]} if conditional else {}))
-                for i in range(0, len(images), 500)]
-        elbo, ll = (torch.cat([b[j].double() for b in both]) for j in (0, 1))
+        both = per_batch(model.likelihood_bounds)
+        elbo, ll = (torch.cat([b[j].double().cpu() for b in both]) for j in (0, 1))
     else:
-        elbo, ll = None, batches(model.log_likelihood)
+        elbo, ll = None, torch.cat([b.double().cpu() for b in per_batch(model.log_likelihood)])
     nll = float(-ll.mean())
     out = {"nll_nats": nll, "bits_per_dim": nll / (dims * math.log(2))}
     if elbo is not None:

@@ -25,14 +25,23 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2,
     return grid
 
 
-def save_png(array: np.ndarray, path: str | Path, scale: int = 1) -> None:
-    """Write uint8 [H, W, C] (C = 1 or 3) as a PNG, optionally enlarged with sharp pixels."""
+def png_bytes(array: np.ndarray, scale: int = 1) -> bytes:
+    """uint8 [H, W, C] (C = 1 or 3) as PNG bytes, optionally enlarged with sharp pixels."""
+    import io
+
     from PIL import Image
 
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    img.save(path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(array: np.ndarray, path: str | Path, scale: int = 1) -> None:
+    """Write uint8 [H, W, C] (C = 1 or 3) as a PNG, optionally enlarged with sharp pixels."""
+    Path(path).write_bytes(png_bytes(array, scale))
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> None:

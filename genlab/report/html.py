@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import yaml
 
 from genlab.errors import GenlabError
 from genlab.report import plots
-from genlab.report.grids import make_grid
+from genlab.report.grids import make_grid, png_bytes
 from genlab.train import rundir
 
 STRIP_FRAMES = 8  # sample grids shown from first to last epoch
@@ -37,18 +36,6 @@ img{image-rendering:pixelated;max-width:100%} pre{background:#f7f7f7;padding:.6r
 
 def png_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def array_png(array, scale: int = 2) -> bytes:
-    """uint8 [H, W, C] -> PNG bytes, enlarged with sharp pixels."""
-    from PIL import Image
-
-    img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def figure(data: bytes, caption: str, alt: str | None = None) -> str:
@@ -271,7 +258,7 @@ def side_by_side(runs: list[Path], n: int = 16, seed: int = 0) -> list[tuple[str
     for run in runs:
         _, model, _ = load_run(run)
         images = sample_from(model, n, seed=seed)
-        out.append((run.name, array_png(make_grid(images, nrow=4))))
+        out.append((run.name, png_bytes(make_grid(images, nrow=4), scale=2)))
     return out
 
 
