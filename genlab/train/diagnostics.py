@@ -3,10 +3,11 @@
 The tutorial genlab grew from names four ways GAN training fails: the discriminator and generator
 out of balance, vanishing or exploding gradients, mode collapse, too little data. `Diagnostics`
 watches each step's logs (cheap: a few floats into windows) and every `every` steps probes the model
-(64 samples, D's scores on 256 training and 256 held-out images). When a failure starts it says so
-once, as one sentence with the evidence and a remedy, and keeps it in RUN/diagnostics.jsonl; when
-the failure ends it may be said again if it returns. Non-finite values are not diagnosed here: the
-runtime stops the run before they reach an optimiser (genlab.train.runtime).
+(64 samples of the G being trained, not its average, which D never plays against; D's scores on 256
+training and 256 held-out images). When a failure starts it says so once, as one sentence with the
+evidence and a remedy, and keeps it in RUN/diagnostics.jsonl; when the failure ends it may be said
+again if it returns. Non-finite values are not diagnosed here: the runtime stops the run before they
+reach an optimiser (genlab.train.runtime).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class Diagnostics:
         return found if self.strikes[kind] >= 2 else None
 
     def _collapse(self, step: int, scores: dict | None) -> Diagnosis | None:
-        samples = self.model.sample(64, generator=torch.Generator().manual_seed(self.seed + 1))
+        samples = self.model.sample(64, generator=torch.Generator().manual_seed(self.seed + 1), averaged=False)
         spread = pairwise_spread(samples)
         ratio = spread / max(self.data_spread, 1e-9)
         classes = (scores or {}).get("classes_found")
@@ -177,7 +178,7 @@ class Diagnostics:
         gen = torch.Generator().manual_seed(self.seed + 2)
         k = getattr(self.model, "conditional_classes", None)
         fake_labels = torch.arange(len(self.train[0])) % k if k else None
-        fakes = self.model.sample(len(self.train[0]), labels=fake_labels, generator=gen)
+        fakes = self.model.sample(len(self.train[0]), labels=fake_labels, generator=gen, averaged=False)
         on_train = float(self.model.discriminate(*self.train).mean())
         on_heldout = float(self.model.discriminate(*self.heldout).mean())
         on_fake = float(self.model.discriminate(fakes, fake_labels).mean())

@@ -1,6 +1,8 @@
 """Every GAN variant in a tiny config: shapes, a finite step, a state round trip, sampling; and the
 pieces (losses, gradient penalty, DiffAugment, conditioning, EMA) against their definitions."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ VARIANTS = [
     ("gan-mlp", {"conditional": True, "conditioning": "concat", "spectral_norm": True}),
     ("dcgan", {"spectral_norm": True, "ema": 0.9, "augment": "translation,cutout,color", "d_steps": 2,
                "lr_d": 4e-4, "width": 8}),
+    ("dcgan", {"minibatch_std": True, "lr_half_life": 3, "ema": 0.99, "conditional": True}),
 ]
 
 
@@ -154,3 +157,81 @@ def test_ema_tracks_g_slowly():
     for b, e, g in zip(before, model.G_ema.parameters(), model.G.parameters()):
         torch.testing.assert_close(e, 0.5 * b + 0.5 * g)  # one lerp step with decay 0.5
     assert model.nets()["G_ema"] is model.G_ema
+
+
+def test_the_average_samples_with_its_own_batchnorm_statistics():
+    """G_ema's BatchNorm statistics are measured on G_ema's activations before it samples, not
+    copied from G (whose weights they belong to); measuring them draws nothing from the global
+    random stream, and the saved state samples like the live model."""
+    model = make("dcgan", ema=0.5, conditional=True)
+    images, labels = batch(n=32)
+    for _ in range(5):
+        model.train_step(images, labels)
+    first_norm = model.G_ema.project[1]
+    torch.testing.assert_close(first_norm.running_mean, model.G.project[1].running_mean)  # copied during training
+    rng = torch.get_rng_state()
+    samples = model.sample(16, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not torch.allclose(first_norm.running_mean, model.G.project[1].running_mean)
+    # the refreshed mean is G_ema's own: the mean of its projection on fresh noise and labels
+    z, y = torch.randn(4096, model.latent_dim), torch.randint(10, (4096,))
+    with torch.no_grad():
+        pre_norm = model.G_ema.project[0](model.G_ema.cond(z, y))
+    torch.testing.assert_close(first_norm.running_mean, pre_norm.mean(0), atol=0.05, rtol=0.05)
+    gap_own = (first_norm.running_mean - pre_norm.mean(0)).abs().mean()
+    gap_g = (model.G.project[1].running_mean - pre_norm.mean(0)).abs().mean()
+    assert gap_own < gap_g / 2
+    # the G being trained (what the diagnostics probe) samples differently from its average
+    assert not torch.equal(model.sample(16, generator=torch.Generator().manual_seed(3), averaged=False), samples)
+    # a fresh model loaded from the saved state samples the same images
+    other = make("dcgan", seed=1, ema=0.5, conditional=True)
+    other.load_state_dict(model.state_dict())
+    assert torch.equal(other.sample(16, generator=torch.Generator().manual_seed(3)), samples)
+
+
+def test_minibatch_std_sees_a_batch_of_look_alikes():
+    from genlab.models.nets import MinibatchStd
+
+    layer = MinibatchStd(group=4)
+    varied = torch.randn(8, 3, 5, 5)
+    same = torch.randn(1, 3, 5, 5).expand(8, 3, 5, 5)
+    out_varied, out_same = layer(varied), layer(same)
+    assert out_varied.shape == (8, 4, 5, 5) and torch.equal(out_varied[:, :3], varied)
+    assert out_same[:, 3].max() < 1e-3 < 0.5 < out_varied[:, 3].min()  # N(0, 1) features: spread ~0.85
+    # groups are images 0-3 strided: image i is grouped with i + 2, i + 4, i + 6 (ProGAN's layout)
+    mixed = varied.clone()
+    mixed[0::2] = same[0::2]
+    spread = layer(mixed)[:, 3, 0, 0]
+    assert spread[0::2].max() < 1e-3 < 0.5 < spread[1::2].min()
+    # a batch that 4 does not divide is judged image by image: no spread to see
+    torch.testing.assert_close(layer(torch.randn(6, 2, 4, 4))[:, 2], torch.full((6, 4, 4), 1e-4))
+    model = make("dcgan", minibatch_std=True, conditional=True)
+    images, labels = batch(n=8)
+    assert model.D(images.float() / 127.5 - 1, labels).shape == (8,)
+
+
+def test_minibatch_std_is_refused_for_the_mlp():
+    cfg = apply_overrides(default_config("gan-mlp"), {"model.minibatch_std": True})
+    with pytest.raises(GenlabError, match="--minibatch-std is an option of the dcgan"):
+        cfg.validate()
+
+
+def test_learning_rates_halve_every_half_life_and_resume():
+    model = make("dcgan", lr=1e-3, lr_d=4e-3, lr_half_life=4)
+    images, labels = batch()
+    for _ in range(9):
+        model.train_step(images, labels)  # the 9th step ran at 0.5 ** (8 / 4) of the learning rates
+    assert model.opt_G.param_groups[0]["lr"] == pytest.approx(1e-3 / 4)
+    assert model.opt_D.param_groups[0]["lr"] == pytest.approx(4e-3 / 4)
+    other = make("dcgan", seed=1, lr=1e-3, lr_d=4e-3, lr_half_life=4)
+    other.load_state_dict(copy.deepcopy(model.state_dict()))  # a copy, as from disk: Adam keeps tensors it is given
+    assert other.steps == 9
+    torch.manual_seed(5)
+    model.train_step(images, labels)
+    torch.manual_seed(5)
+    other.train_step(images, labels)
+    assert other.opt_G.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** (9 / 4))
+    for a, b in zip(model.G.parameters(), other.G.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(GenlabError, match="lr_half_life is a number of steps > 0"):
+        apply_overrides(default_config("dcgan"), {"model.lr_half_life": 0}).validate()
