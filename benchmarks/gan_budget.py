@@ -41,9 +41,14 @@ def main() -> None:
     args = parser.parse_args()
     out_root = ROOT / "runs" / "gan_budget"
     rows = [run_recipe(ds, label, cfg, args.minutes, out_root) for ds in args.datasets for label, cfg in RECIPES[ds]]
+    previous = out_root / "rows.json"  # datasets not rerun keep their rows from the last run
+    if previous.is_file():
+        kept = [r for r in json.loads(previous.read_text()) if r["dataset"] not in args.datasets]
+        rows = sorted(kept + rows, key=lambda r: list(RECIPES).index(r["dataset"]))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     text = table(rows, f"budget {args.minutes:g} minutes per recipe; 10,000 samples; features "
                  + ", ".join(sorted({r['features'] for r in rows})))
-    text += "\n".join(verdict(rows, ds) for ds in args.datasets) + "\n"
+    text += "\n".join(verdict(rows, ds) for ds in datasets) + "\n"
     print(text)
     write_table(__file__, text)
     (out_root / "rows.json").write_text(json.dumps(rows, indent=2))
