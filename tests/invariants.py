@@ -1,5 +1,5 @@
 """The results a redesign must not change: for every registered model, the sha256 of
-`model.safetensors` after a short seeded CPU run (the tiny configs of tests/test_families.py) and of
+`model.safetensors` (its content: see `state_digest`) after a short seeded CPU run (the tiny configs of tests/test_families.py) and of
 the images `genlab sample` draws from it.
 
 Float results depend on the CPU's instruction set and on PyTorch's version, so the hashes are kept
@@ -52,6 +52,16 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def state_digest(path: Path) -> str:
+    """sha256 of a safetensors file's content: its header with sorted keys, then the tensor bytes.
+    (The library writes the header's keys in hash-map order, so the raw bytes differ between two
+    saves of the same state.)"""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + size]), sort_keys=True).encode()
+    return sha256(header + data[8 + size:])
+
+
 def hashes(models=None, root: Path | None = None) -> dict[str, dict[str, str]]:
     """{model: {"weights": sha256 of model.safetensors, "samples": sha256 of the sampled images}}."""
     from genlab.cli import main
@@ -66,7 +76,7 @@ def hashes(models=None, root: Path | None = None) -> dict[str, dict[str, str]]:
                 assert main(["train", "--model", name, "--out", str(run), *TINY, *SMALL[name]]) == 0
                 assert main(["sample", str(run), "--n", "5", "--seed", "3", "--out", str(root / f"{name}.npz")]) == 0
                 images = np.load(root / f"{name}.npz")["images"]
-                out[name] = {"weights": sha256((run / "model.safetensors").read_bytes()),
+                out[name] = {"weights": state_digest(run / "model.safetensors"),
                              "samples": sha256(np.ascontiguousarray(images).tobytes() + str(images.shape).encode())}
         finally:
             torch.set_num_threads(threads)  # --threads 1 set it for this process
