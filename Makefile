@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/genlab train --config configs/tutorial-gan-mnist.yaml --out $(RUN)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 clean:

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from genlab.models import MODELS, build_model
-from genlab.train import resume
-from genlab.train.checkpoint import load_state
+from genlab.core.checkpoint import load_state
+from genlab.core.run import Run
+from genlab.core.runtime import capture_rng, restore_rng
 from write_table import write_table  # benchmarks/write_table.py, beside this script
 
 
@@ -39,18 +40,18 @@ def largest_family() -> tuple[str, object]:
 def time_checkpoints(repeats: int = 5) -> dict:
     name, model = largest_family()
     model.train_step(torch.zeros(64, 1, 28, 28, dtype=torch.uint8), torch.zeros(64, dtype=torch.int64))
-    tree = {"model": model.state_dict(), "loop": {"step": 1}, "rng": resume.capture_rng()}
+    tree = {"model": model.state_dict(), "loop": {"step": 1}, "rng": capture_rng()}
     writes, reads = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp)
+        run = Run(Path(tmp))
         for i in range(repeats):
             start = time.perf_counter()
-            path = resume.save_checkpoint(run, i + 1, tree, keep=1)
+            path = run.save_checkpoint(i + 1, tree, keep=1)
             writes.append(time.perf_counter() - start)
             start = time.perf_counter()
             loaded, _ = load_state(path)
             model.load_state_dict(loaded["model"])
-            resume.restore_rng(loaded["rng"])
+            restore_rng(loaded["rng"])
             reads.append(time.perf_counter() - start)
         size = path.stat().st_size
     return {"family": name, "mb": size / 2**20, "write_s": statistics.median(writes),

@@ -1,93 +1,161 @@
-"""Loading a finished run and drawing samples from it."""
+"""A trained model, ready to sample: load a run's family with its weights, and draw images in
+batches with the family's typed sampling options.
+
+    model = genlab.load("runs/a")          # a run folder
+    images = model.sample(16, seed=0)      # uint8 [16, C, H, W]
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from genlab.config import RunConfig, load_config
+from genlab.config import REQUIRED, RunConfig, option
+from genlab.core.checkpoint import load_into, load_state
+from genlab.core.images import save_png
+from genlab.core.run import Run
+from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
-from genlab.models import build_model
-from genlab.train import rundir
-from genlab.train.checkpoint import load_into, load_state
+from genlab.models import build_model, common
 
 
-def load_run(run_dir: str | Path, device: str = "cpu", weights: str = rundir.WEIGHTS) -> tuple[RunConfig, object, dict]:
+@dataclasses.dataclass
+class SampleOptions:
+    """`genlab sample RUN --out FILE`: draw images from a trained run."""
+
+    run: str = option(REQUIRED, "run folder made by `genlab train`", positional=True)
+    out: str = option(REQUIRED, "FILE.npz (uint8 `images` [N, H, W] or [N, C, H, W]) or a folder for PNGs")
+    n: int = option(64, "number of images")
+    seed: int = option(0, "noise seed: same seed, same images")
+    batch_size: int = option(1000, "images generated per batch")
+    labels: str | None = option(None, "classes for a conditional model, e.g. 0,1,2 (repeated to fill --n; "
+                                "default: all classes in turn)")
+    weights: str = option(Run.WEIGHTS, "which weights of the run: model.safetensors (final) or best.safetensors")
+    options: list[str] = option([], "a sampling option of the model's family, NAME=VALUE, e.g. temperature=0.8, "
+                                "top_k=4, steps=25, guidance=3 (repeatable; an unknown name lists the family's)",
+                                flag="--option")
+
+    def validate(self) -> None:
+        if self.batch_size <= 0:
+            raise GenlabError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.n <= 0:
+            raise GenlabError(f"--n must be a positive number of images, got {self.n}")
+
+    def wanted_labels(self) -> list[int] | None:
+        if not self.labels:
+            return None
+        try:
+            return [int(x) for x in self.labels.split(",") if x.strip()]
+        except ValueError:
+            raise GenlabError(f"--labels takes class numbers separated by commas, got {self.labels!r}") from None
+
+    def sampling_options(self) -> dict[str, str]:
+        options = {}
+        for item in self.options:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise GenlabError(f"--option takes NAME=VALUE, got {item!r}")
+            options[name.strip().replace("-", "_")] = value.strip()
+        return options
+
+
+def sample_command(opts: SampleOptions) -> tuple[Path, int]:
+    """Do what `genlab sample` is asked: (where the images went, how many)."""
+    model = load(opts.run, weights=opts.weights)
+    labels = labels_for(model.family, opts.n, opts.wanted_labels())
+    images = sample_from(model.family, opts.n, seed=opts.seed, batch_size=opts.batch_size, labels=labels,
+                         options=opts.sampling_options())
+    return save_samples(images, opts.out, labels), len(images)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu", weights: str = Run.WEIGHTS) -> tuple[RunConfig, object, dict]:
     """(config, model with the run's weights, run.json) of a run folder; `weights` picks the file
     (model.safetensors, the final state, or best.safetensors, kept by --eval-every)."""
-    run = Path(run_dir)
-    if not run.is_dir() or not rundir.is_run(run):
-        raise GenlabError(f"{run} is not a genlab run folder (no config.yaml); pass the folder "
-                          "that `genlab train --out` created")
-    if not (run / weights).is_file():
-        hint = "train with --eval-every to keep one" if weights == rundir.BEST else "it has not finished"
-        raise GenlabError(f"run {run} has no {weights}: {hint}")
-    config = load_config(run / rundir.CONFIG)
-    meta = rundir.read_json(run / rundir.META)
-    from genlab.train.runtime import Runtime
-
-    model = build_model(config.model, tuple(meta["image_shape"]), meta["num_classes"],
+    run = Run.open(run_dir)
+    path = run.weights(weights)
+    meta = run.meta
+    model = build_model(run.config.model, tuple(meta["image_shape"]), meta["num_classes"],
                         Runtime(device=torch.device(device)))
-    state, _ = load_state(run / weights)
-    load_into(model, state, str(run / weights), "the run's config.yaml")
-    return config, model, meta
+    state, _ = load_state(path)
+    load_into(model, state, str(path), "the run's config.yaml")
+    return run.config, model, meta
+
+
+@dataclasses.dataclass
+class Trained:
+    """A trained family with what it was trained on; `sample` is all a notebook needs."""
+
+    family: object
+    config: RunConfig
+    meta: dict
+
+    @property
+    def conditional_classes(self) -> int | None:
+        return self.family.conditional_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names") or [])
+
+    def sample(self, n: int, seed: int = 0, labels=None, batch_size: int = SampleOptions.batch_size,
+               **options) -> torch.Tensor:
+        """`n` uint8 images [n, C, H, W]; the same seed gives the same images. `labels` (class
+        numbers, repeated to fill n) for a conditional model; `options` are the family's sampling
+        options (e.g. temperature=0.8)."""
+        if n <= 0:
+            raise GenlabError(f"n must be a positive number of images, got {n}")
+        return sample_from(self.family, n, seed=seed, batch_size=batch_size,
+                           labels=labels_for(self.family, n, labels), options=options)
+
+
+def load(path: str | Path, device: str = "cpu", weights: str = Run.WEIGHTS) -> Trained:
+    """The model of a run folder, ready to sample."""
+    config, family, meta = load_run(path, device, weights)
+    return Trained(family, config, meta)
 
 
 def sample_run(run_dir: str | Path, n: int, seed: int = 0, labels=None,
-               batch_size: int = 1000) -> torch.Tensor:
-    """`n` uint8 images [n, C, H, W]; the same seed gives the same images. `labels` (class numbers,
-    repeated to fill n) is for conditional models."""
+               batch_size: int = SampleOptions.batch_size) -> torch.Tensor:
+    """`n` uint8 images [n, C, H, W] from a finished run; the same seed gives the same images."""
     if n <= 0:
         raise GenlabError(f"--n must be a positive number of images, got {n}")
-    _, model, _ = load_run(run_dir)
-    return sample_from(model, n, seed=seed, batch_size=batch_size, labels=labels_for(model, n, labels))
+    return load(run_dir).sample(n, seed=seed, labels=labels, batch_size=batch_size)
 
 
 def labels_for(model, n: int, wanted=None) -> torch.Tensor | None:
     """The labels of `n` samples: `wanted` repeated to fill n, or balanced classes 0..K-1 for a
     conditional model; None for an unconditional one (which refuses labels)."""
-    k = getattr(model, "conditional_classes", None)
+    k = model.conditional_classes
     if not k:
-        if wanted:
+        if wanted is not None and len(wanted):
             raise GenlabError("this model is not class-conditional; leave out --labels "
                               "(train with --conditional for class control)")
         return None
-    if not wanted:
-        return torch.arange(n) % k
+    if wanted is None or not len(wanted):
+        return common.balanced_labels(n, k)
     wanted = torch.as_tensor(list(wanted), dtype=torch.int64)
     if wanted.min() < 0 or wanted.max() >= k:
         raise GenlabError(f"labels must be class numbers 0..{k - 1}, got {wanted.tolist()}")
     return wanted.repeat(-(-n // len(wanted)))[:n]
 
 
-def sampling_options(model, given: dict[str, str | float | int] | None) -> dict:
-    """`given` options (values as text from the command line, or typed) checked against the family's
-    SAMPLING_OPTIONS and converted to their types; an unknown name is refused with the list."""
-    known = getattr(model, "SAMPLING_OPTIONS", {})
-    out = {}
-    for name, value in (given or {}).items():
-        if name not in known:
-            listed = ", ".join(known) or "none"
-            raise GenlabError(f"unknown sampling option {name!r} for this model; its options: {listed}")
-        kind = known[name][0]
-        try:
-            out[name] = kind(value)
-        except (TypeError, ValueError):
-            raise GenlabError(f"sampling option {name} takes a {kind.__name__}, got {value!r}") from None
-    return out
+def sampling_options(model, given: dict | None) -> dict:
+    """`given` options (text from the command line or a query, or typed values) checked against the
+    family's SamplingOptions and converted to their types, as keyword arguments of `sample`."""
+    return dataclasses.asdict(common.sampling_options(model.sampling_defaults(), given or {}))
 
 
-def sample_from(model, n: int, seed: int = 0, batch_size: int = 1000, labels: torch.Tensor | None = None,
+def sample_from(model, n: int, seed: int = 0, batch_size: int = SampleOptions.batch_size, labels: torch.Tensor | None = None,
                 options: dict | None = None) -> torch.Tensor:
-    """`n` uint8 images from a family in batches; the same seed gives the same images. `options` are
-    the family's sampling options (checked by `sampling_options`)."""
+    """`n` uint8 images from a family in batches; the same seed gives the same images."""
     generator = torch.Generator().manual_seed(seed)
     if labels is None:
         labels = labels_for(model, n)
-    options = sampling_options(model, options)
-    parts = [model.sample(min(batch_size, n - start), generator=generator, **options,
+    kwargs = sampling_options(model, options)
+    parts = [model.sample(min(batch_size, n - start), generator=generator, **kwargs,
                           **({"labels": labels[start:start + batch_size]} if labels is not None else {}))
              for start in range(0, n, batch_size)]
     return torch.cat(parts)
@@ -96,8 +164,6 @@ def sample_from(model, n: int, seed: int = 0, batch_size: int = 1000, labels: to
 def save_samples(images: torch.Tensor, out: str | Path, labels: torch.Tensor | None = None) -> Path:
     """`out.npz` (arrays `images` [N, H, W] for one channel or [N, C, H, W], and `labels` when
     given) or, for any other name, a folder with one PNG per image."""
-    from genlab.report.grids import save_png
-
     out = Path(out)
     try:
         if out.suffix == ".npz":

@@ -17,9 +17,32 @@ from pathlib import Path
 
 import torch
 
+from genlab.config import option
+from genlab.core.images import make_grid, png_bytes
+from genlab.core.run import Run
 from genlab.errors import GenlabError
-from genlab.report.grids import make_grid, png_bytes
-from genlab.report.views import to_uint8
+from genlab.generate import labels_for, load, sample_from, sampling_options
+from genlab.metrics.scores import slerp
+from genlab.models.common import describe_options, to_uint8
+from genlab.models.protocols import LatentSpace
+
+@dataclass
+class ServeOptions:
+    """`genlab serve RUN...`: a local web demo of trained runs."""
+
+    runs: list[str] = option([], "run folders made by `genlab train`", positional=True)
+    host: str = option("127.0.0.1", "address to listen on (default: this machine only)")
+    port: int = option(7860, "port to listen on")
+    max_images: int = option(64, "most images one request may ask for")
+
+    def validate(self) -> None:
+        if not self.runs:
+            raise GenlabError("give at least one run folder to serve")
+        if not 0 <= self.port <= 65535:
+            raise GenlabError(f"--port must lie in 0..65535, got {self.port}")
+        if not 1 <= self.max_images <= 1024:
+            raise GenlabError(f"--max-images must lie in 1..1024, got {self.max_images}")
+
 
 MAX_SEED = 2**31 - 1
 MAX_QUERY = 2048  # bytes of query string accepted; longer requests get 414
@@ -38,37 +61,25 @@ class LoadedRun:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one request at a time per model
 
     def describe(self) -> dict:
-        options = {name: {"type": kind.__name__, "help": text,
-                          "default": getattr(self.model.config, "sample_steps" if name == "steps" else name, None)}
-                   for name, (kind, text) in getattr(self.model, "SAMPLING_OPTIONS", {}).items()}
-        k = getattr(self.model, "conditional_classes", None)
+        k = self.model.conditional_classes
         names = self.meta.get("class_names") or [str(i) for i in range(k or 0)]
         return {"name": self.name, "model": self.meta.get("model"), "dataset": self.meta.get("dataset"),
                 "steps": self.meta.get("steps"), "conditional": bool(k), "classes": names[:k] if k else [],
-                "interpolation": hasattr(self.model, "latent_dim") and hasattr(self.model, "decode"),
-                "metrics": self.metrics, "options": options}
+                "interpolation": isinstance(self.model, LatentSpace), "metrics": self.metrics,
+                "options": describe_options(self.model.sampling_defaults())}
 
 
 def load_runs(paths: list[str | Path]) -> dict[str, LoadedRun]:
     """Load every run once (a folder that is not a genlab run is refused, naming it)."""
-    import json
-
-    from genlab.generate import load_run
-    from genlab.train import rundir
-
     runs: dict[str, LoadedRun] = {}
     for p in map(Path, paths):
-        if not p.is_dir() or not rundir.is_run(p):
-            raise GenlabError(f"{p} is not a genlab run folder (no config.yaml); pass folders made by `genlab train`")
-        name = p.resolve().name
-        if name in runs:
-            raise GenlabError(f"two runs are named {name!r}; serve runs whose folder names differ")
-        _, model, meta = load_run(p)
-        metrics = {}
-        if (p / rundir.EVAL).is_file():
-            saved = json.loads((p / rundir.EVAL).read_text())["metrics"]
-            metrics = {k: saved[k]["value"] for k in ("fid", "precision", "recall", "nll_nats") if k in saved}
-        runs[name] = LoadedRun(name, p, model, meta, metrics)
+        run = Run.open(p)
+        if run.name in runs:
+            raise GenlabError(f"two runs are named {run.name!r}; serve runs whose folder names differ")
+        trained = load(p)
+        saved = (run.eval or {}).get("metrics", {})
+        metrics = {k: saved[k]["value"] for k in ("fid", "precision", "recall", "nll_nats") if k in saved}
+        runs[run.name] = LoadedRun(run.name, p, trained.family, trained.meta, metrics)
     if not runs:
         raise GenlabError("give at least one run folder to serve")
     return runs
@@ -105,7 +116,7 @@ def _run(runs: dict[str, LoadedRun], params) -> LoadedRun:
 
 
 def _label(run: LoadedRun, params) -> int | None:
-    k = getattr(run.model, "conditional_classes", None)
+    k = run.model.conditional_classes
     raw = params.get("label")
     if raw in (None, ""):
         return None
@@ -115,9 +126,7 @@ def _label(run: LoadedRun, params) -> int | None:
 
 
 def _options(run: LoadedRun, params) -> dict:
-    from genlab.generate import sampling_options
-
-    known = getattr(run.model, "SAMPLING_OPTIONS", {})
+    known = describe_options(run.model.sampling_defaults())
     given = {name: params[name] for name in known if params.get(name) not in (None, "")}
     try:
         return sampling_options(run.model, given)
@@ -132,8 +141,6 @@ def _png(images: torch.Tensor, nrow: int) -> bytes:
 # ---------------------------------------------------------------- the work behind the endpoints
 
 def generate_png(run: LoadedRun, params, max_images: int) -> bytes:
-    from genlab.generate import labels_for, sample_from
-
     count = _int(params, "count", 16, 1, max_images)
     seed = _int(params, "seed", 0, 0, MAX_SEED)
     label = _label(run, params)
@@ -148,9 +155,7 @@ def generate_png(run: LoadedRun, params, max_images: int) -> bytes:
 
 
 def interpolate_png(run: LoadedRun, params) -> bytes:
-    from genlab.metrics.scores import slerp
-
-    if not (hasattr(run.model, "latent_dim") and hasattr(run.model, "decode")):
+    if not isinstance(run.model, LatentSpace):
         raise BadRequest(f"run {run.name} ({run.meta.get('model')}) has no latent space to interpolate in")
     seed_a, seed_b = _int(params, "seed_a", 0, 0, MAX_SEED), _int(params, "seed_b", 1, 0, MAX_SEED)
     raw = params.get("t", "0.5")
@@ -164,16 +169,16 @@ def interpolate_png(run: LoadedRun, params) -> bytes:
     dim = run.model.latent_dim
     z = slerp(torch.randn(1, dim, generator=torch.Generator().manual_seed(seed_a)),
               torch.randn(1, dim, generator=torch.Generator().manual_seed(seed_b)), torch.tensor([t]))
-    k = getattr(run.model, "conditional_classes", None)
+    k = run.model.conditional_classes
     labels = {"labels": torch.tensor([label if label is not None else 0])} if k else {}
     with run.lock:
         x = run.model.decode(z, **labels)
-    return _png(to_uint8(x).cpu(), nrow=1)
+    return _png(to_uint8(x), nrow=1)
 
 
 # ---------------------------------------------------------------- the app
 
-def create_app(run_paths: list[str | Path], max_images: int = 64):
+def create_app(run_paths: list[str | Path], max_images: int = ServeOptions.max_images):
     """The FastAPI application serving `run_paths` (loaded now, so a bad folder fails at start)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -217,7 +222,8 @@ def create_app(run_paths: list[str | Path], max_images: int = 64):
     return app
 
 
-def serve(run_paths: list[str | Path], host: str = "127.0.0.1", port: int = 7860, max_images: int = 64) -> None:
+def serve(run_paths: list[str | Path], host: str = ServeOptions.host, port: int = ServeOptions.port,
+          max_images: int = ServeOptions.max_images) -> None:
     try:
         import uvicorn
     except ImportError:

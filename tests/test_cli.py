@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genlab.cli import main
-from tests.train.test_loop import final_weights
+from tests.training.test_trainer import final_weights
 from tests.data.test_sources import write_mnist_folder
 
 TINY = ["--limit", "256", "--batch-size", "32", "--no-progress", "--device", "cpu"]

@@ -83,3 +83,46 @@ def test_data_options_are_checked():
         DataConfig(limit=0).validate()
     with pytest.raises(GenlabError, match="image_size must be"):
         DataConfig(image_size=0).validate()
+
+
+# ---------------------------------------------------------------- the meaning the API owns
+
+def test_a_budget_given_alone_replaces_the_default_epochs():
+    assert TrainConfig().epochs == 20
+    assert TrainConfig(minutes=5).epochs is None and TrainConfig(steps=100).epochs is None
+    assert TrainConfig(minutes=5, epochs=3).epochs == 3
+    cfg = apply_overrides(default_config(), {"train.minutes": 0.5})
+    assert (cfg.train.epochs, cfg.train.steps, cfg.train.minutes) == (None, None, 0.5)
+    both = apply_overrides(default_config(), {"train.minutes": 0.5, "train.epochs": 4})
+    assert (both.train.epochs, both.train.minutes) == (4, 0.5)
+
+
+def test_which_fields_a_resume_may_change_is_said_where_they_are_defined():
+    import dataclasses
+
+    from genlab.config import config_differences
+
+    resumable = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"]}
+    assert {"epochs", "steps", "minutes", "out", "eval_every", "threads", "device"} <= resumable
+    assert not {"batch_size", "seed", "precision"} & resumable
+    base = default_config()
+    budget = apply_overrides(base, {"train.epochs": 40, "train.log_every": 5})
+    assert config_differences(base, budget) == []
+    changed = apply_overrides(base, {"train.batch_size": 32, "model.lr": 1e-3})
+    assert config_differences(base, changed) == ["model.lr: 0.0002 -> 0.001", "train.batch_size: 64 -> 32"]
+
+
+def test_each_command_takes_its_defaults_from_the_function_it_calls():
+    import inspect
+
+    from genlab.config import command_parser
+    from genlab.generate import SampleOptions, sample_from
+    from genlab.metrics.evaluate import EvalOptions, evaluate_run
+    from genlab.report.html import CompareOptions, compare_runs
+
+    assert inspect.signature(evaluate_run).parameters["n"].default == EvalOptions.n == 10_000
+    assert inspect.signature(evaluate_run).parameters["ppl_samples"].default == EvalOptions.ppl_samples
+    assert inspect.signature(sample_from).parameters["batch_size"].default == SampleOptions.batch_size
+    assert inspect.signature(compare_runs).parameters["samples"].default == CompareOptions.samples
+    parsed = command_parser("genlab eval", EvalOptions, "").parse_args(["runs/a"])
+    assert vars(parsed)["args.n"] == 10_000 and vars(parsed)["args.run"] == "runs/a"

@@ -1,13 +1,15 @@
 """What every registered model family must do through the one loop and the command line: train a
 tiny config, leave its views, sample deterministically, and resume to the same bits."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from genlab.cli import main
 from genlab.models import MODELS
-from genlab.train.checkpoint import load_state
+from genlab.core.checkpoint import load_state
 
 TINY = ["--limit", "128", "--batch-size", "16", "--no-progress", "--device", "cpu", "--grid-size", "8"]
 SMALL = {  # options that make each family tiny
@@ -47,7 +49,7 @@ def flat_state(run):
 def test_every_registered_family_is_covered_here():
     assert set(MODELS) == set(SMALL) == set(VIEWS) == set(OPTIONS)
     for name, entry in MODELS.items():
-        assert set(entry.family.SAMPLING_OPTIONS) == set(OPTIONS[name])
+        assert {f.name for f in dataclasses.fields(entry.family.SamplingOptions)} == set(OPTIONS[name])
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -25,7 +25,7 @@ from genlab.config import DataConfig
 from genlab.data import ImageSet, load_dataset, load_heldout
 from genlab.errors import GenlabError
 from genlab.paths import cache_dir
-from genlab.train.checkpoint import load_into, load_state, save_state
+from genlab.core.checkpoint import load_into, load_state, save_state
 
 WEIGHTS, SPEC = "extractor.safetensors", "spec.json"
 
@@ -116,7 +116,14 @@ def accuracy(extractor_net: DomainClassifier, data: ImageSet) -> float:
 
 
 def train_classifier(train: ImageSet, recipe: FeatureRecipe, log=print) -> DomainClassifier:
-    """The fixed recipe: Adam with a cosine-decayed learning rate, shifted batches, cross-entropy."""
+    """The fixed recipe: Adam with a cosine-decayed learning rate, shifted batches, cross-entropy.
+    The global random state is left as it was (training with --eval-every may build the extractor
+    after seeding the model: a cached and a fresh extractor must leave the same run)."""
+    with torch.random.fork_rng(devices=[]):
+        return _train_classifier(train, recipe, log)
+
+
+def _train_classifier(train: ImageSet, recipe: FeatureRecipe, log) -> DomainClassifier:
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     net = DomainClassifier(train.shape[0], train.num_classes, recipe.width, recipe.feature_dim)

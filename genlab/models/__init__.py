@@ -1,20 +1,9 @@
-"""Model families by name.
+"""Model families by name: a plain registry, filled below by one `register_model` line a family.
 
-Every family implements the same small surface (DESIGN.md), so the loop, the metrics and the
-report never ask which family they hold:
-
-- `Family(config, image_shape, num_classes, runtime)`: `runtime` (genlab.train.runtime) says
-  where and how the step runs (device, precision, data parallelism) and guards the optimisers
-  against NaN/inf; every optimiser step goes through it.
-- `train_step(images uint8 [B, C, H, W], labels int64 [B]) -> dict[str, float]`: one optimisation
-  step; the family owns its optimisers and its preprocessing of the uint8 pixels.
-- `sample(n, labels=None, generator=None) -> uint8 [n, C, H, W]` (on the CPU).
-- `state_dict()` / `load_state_dict(state)`: nets, optimisers and EMA, as nested dicts of tensors.
-- `SAMPLING_OPTIONS`: {name: (type, help)} of the keyword options its `sample` takes (temperature,
-  DDIM steps, ...), so that the CLI and the web demo offer only those that apply.
-- optional `nets() -> dict[str, nn.Module]` (for --compile), `latent_dim` and
-  `decode(z) -> float [n, C, H, W] in [0, 1]` (perceptual path length), and
-  `log_likelihood(images) -> [n]` in nats where the family has one.
+A family implements `genlab.models.protocols.Family` (train_step, sample, sampling_defaults, nets,
+state_dict, load_state_dict, and a `SamplingOptions` dataclass); what it can do beyond that it
+declares by implementing the capability protocols there. Adding a family is one module, one line
+below, and its entries in the family test matrix (tests/test_families.py).
 """
 
 from __future__ import annotations
@@ -22,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from genlab.config import MODEL_CONFIGS, register_model_config
+from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
+from genlab.models.protocols import FAMILY_METHODS
 
 
 @dataclass(frozen=True)
@@ -34,23 +26,26 @@ class ModelEntry:
 
 MODELS: dict[str, ModelEntry] = {}
 
-FAMILY_METHODS = ("train_step", "sample", "state_dict", "load_state_dict")
-
 
 def register_model(name: str, family: type, config_class: type, description: str) -> None:
-    """Add a model family under `name`, checking it has the family interface and a config whose
-    `name` field defaults to `name` (configs store the name; the registry finds the class)."""
+    """Add a model family under `name`, checking that it has the family interface, a dataclass of
+    sampling options, and a config whose `name` field defaults to `name`."""
     if not name or name in MODELS:
         raise ValueError(f"model name {name!r} is empty or already registered")
     missing = [m for m in FAMILY_METHODS if not callable(getattr(family, m, None))]
     if missing:
         raise TypeError(f"model {name!r}: {family.__name__} lacks {', '.join(missing)}")
-    if not dataclasses.is_dataclass(config_class):
-        raise TypeError(f"model {name!r}: config {config_class!r} is not a dataclass")
-    defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
-    if defaults.get("name") != name:
-        raise ValueError(f"model {name!r}: {config_class.__name__}.name must default to {name!r}")
+    if not dataclasses.is_dataclass(getattr(family, "SamplingOptions", None)):
+        raise TypeError(f"model {name!r}: {family.__name__}.SamplingOptions must be a dataclass of its "
+                        "sampling options")
+    register_model_config(name, config_class)
     MODELS[name] = ModelEntry(family, config_class, description)
+
+
+def unregister_model(name: str) -> None:
+    """Remove a family (tests register stand-ins and take them out again)."""
+    MODELS.pop(name, None)
+    MODEL_CONFIGS.pop(name, None)
 
 
 def get_model_entry(name: str) -> ModelEntry:
@@ -59,11 +54,9 @@ def get_model_entry(name: str) -> ModelEntry:
     return MODELS[name]
 
 
-def build_model(config, image_shape: tuple[int, int, int], num_classes: int, runtime=None):
+def build_model(config, image_shape: tuple[int, int, int], num_classes: int, runtime: Runtime | None = None):
     """The family that `config.name` names, built for images of `image_shape` (C, H, W); the
     default runtime is one process on the CPU in fp32."""
-    from genlab.train.runtime import Runtime
-
     return get_model_entry(config.name).family(config, image_shape, num_classes, runtime or Runtime())
 
 

@@ -11,7 +11,6 @@ training, EMA, guidance, samplers).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -20,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import option
+from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
-from genlab.models import nets
-from genlab.train.runtime import Runtime
+from genlab.models import common
+from genlab.models.common import EMA, to_uint8, to_unit
 
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddim", "ddpm")
@@ -214,12 +214,18 @@ class UNet(nn.Module):
 
 # ---------------------------------------------------------------- the family
 
+@dataclass
+class DiffusionSampling:
+    sampler: str = option("ddim", "ddim or ddpm", choices=SAMPLERS)
+    steps: int = option(50, "DDIM steps (DDPM takes all T)")
+    eta: float = option(0.0, "DDIM noise, 0 deterministic ... 1 DDPM-like")
+    guidance: float = option(1.0, "classifier-free guidance scale (conditional models; 0 = unconditional)")
+
+
 class Diffusion:
     """A diffusion model as a genlab family: U-Net, its EMA, one Adam optimiser, the schedule."""
 
-    SAMPLING_OPTIONS = {"sampler": (str, "ddim or ddpm"), "steps": (int, "DDIM steps (DDPM takes all T)"),
-                        "eta": (float, "DDIM noise, 0 deterministic ... 1 DDPM-like"),
-                        "guidance": (float, "classifier-free guidance scale (conditional models; 0 = unconditional)")}
+    SamplingOptions = DiffusionSampling
 
     def __init__(self, config: DiffusionConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
         self.config = config
@@ -227,11 +233,11 @@ class Diffusion:
         self.device = self.rt.device
         self.image_shape = tuple(image_shape)
         c, h, w = self.image_shape
-        if h != w or h % 4 or h < 8:
-            raise GenlabError(f"diffusion needs square images with a side divisible by 4 (28, 32, ...), got {h}x{w}")
-        self.conditional_classes = nets.conditional_classes(config.conditional, num_classes)
+        common.check_image_size(self.image_shape, "diffusion")
+        self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
         self.unet = UNet(c, config.width, self.conditional_classes, config.dropout).to(self.device)
-        self.unet_ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        self.ema = EMA(self.unet, config.ema, warmup=True)  # early weights fade fast
+        self.unet_ema = self.ema.net.eval()
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
         self.schedule = Schedule(config.schedule, config.timesteps)
         self.steps = 0
@@ -244,7 +250,7 @@ class Diffusion:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
         """One Adam step on E_t,eps ||target - UNet(x_t, t)||^2 with t uniform and target eps or v."""
         rt, cfg = self.rt, self.config
-        x0 = images.to(self.device).float() / 127.5 - 1
+        x0 = to_unit(images.to(self.device))
         t = torch.randint(0, cfg.timesteps, (len(x0),), device=self.device)
         noise = torch.randn_like(x0)
         x_t = self.schedule.q_sample(x0, t, noise)
@@ -259,19 +265,14 @@ class Diffusion:
         rt.backward(loss)
         grad = rt.finish_grads("U-Net", self.unet, self.opt, loss)
         rt.step(self.opt)
-        self._update_ema()
+        self.ema.update(self.unet, self.steps)
         self.steps += 1
         return {"loss": loss.item(), "grad_norm": grad}
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = min(self.config.ema, (1 + self.steps) / (10 + self.steps))  # warm-up: early weights fade fast
-        torch._foreach_lerp_(list(self.unet_ema.parameters()), list(self.unet.parameters()), 1 - decay)
 
     # ---------------------------------------------------------------- sampling
 
     def _labels(self, labels, n: int):
-        return nets.check_labels(labels, n, self.conditional_classes, self.device)
+        return common.check_labels(labels, n, self.conditional_classes, self.device)
 
     def predict(self, x_t, t, labels, guidance: float):
         """(x_0, eps) at step t with the EMA weights; classifier-free guidance for a conditional model:
@@ -327,19 +328,25 @@ class Diffusion:
                 snaps.append(x.clamp(-1, 1).cpu())
         return (x.clamp(-1, 1), snaps + [x.clamp(-1, 1).cpu()]) if keep else x.clamp(-1, 1)
 
+    def sampling_defaults(self) -> DiffusionSampling:
+        cfg = self.config
+        return DiffusionSampling(sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, guidance=cfg.guidance)
+
     @torch.no_grad()
-    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, sampler: str | None = None,
-               steps: int | None = None, eta: float | None = None, guidance: float | None = None) -> torch.Tensor:
+    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, **options) -> torch.Tensor:
         """n images uint8 [n, C, H, W] on the CPU (config's sampler, DDIM with 50 steps by default)."""
-        x0 = self.chain(n, labels, generator, sampler, steps, eta, guidance)
-        return ((x0 + 1) * 127.5).round().to(torch.uint8).cpu()
+        o = common.sampling_options(self.sampling_defaults(), options)
+        return to_uint8(self.chain(n, labels, generator, o.sampler, o.steps, o.eta, o.guidance)).cpu()
 
     @torch.no_grad()
     def denoising_strip(self, rows: int = 4, frames: int = 10) -> tuple[torch.Tensor, int]:
         """`rows` DDIM chains, `frames` snapshots each from noise to image (a view for the report)."""
         _, snaps = self.chain(rows, generator=torch.Generator().manual_seed(0), keep=frames)
         strip = torch.stack(snaps, 1).reshape(rows * len(snaps), *self.image_shape)  # row = one chain
-        return ((strip + 1) * 127.5).round().to(torch.uint8), len(snaps)
+        return to_uint8(strip), len(snaps)
+
+    def own_views(self) -> dict[str, tuple[torch.Tensor, int]]:
+        return {"denoising": self.denoising_strip(rows=4)}
 
     # ---------------------------------------------------------------- state
 

@@ -18,7 +18,6 @@ mathematics as BCE on probabilities without its overflow to log(0) once D satura
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -26,10 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import option
+from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
-from genlab.models import nets
+from genlab.models import common, nets
+from genlab.models.common import EMA, to_uint8, to_unit
 from genlab.models.diffaug import augment, parse_policy
-from genlab.train.runtime import Runtime
+from genlab.models.gan_diagnostics import GanWatch
 
 EMA_STATISTICS_SEED, EMA_STATISTICS_BATCHES, EMA_STATISTICS_BATCH = 20141, 8, 256
 LOSSES = ("non-saturating", "minimax", "hinge", "least-squares", "wgan-gp")
@@ -134,30 +135,25 @@ def d_accuracy(d_real: torch.Tensor, d_fake: torch.Tensor, kind: str) -> float:
     return float(((d_real > t).float().mean() + (d_fake <= t).float().mean()) / 2)
 
 
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images.float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255]."""
-    return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+@dataclass
+class GanSampling:
+    """z ~ N(0, I): nothing to choose."""
 
 
 class Gan:
     """A GAN as a genlab family: owns G, D, their Adam optimisers and G's moving average."""
 
-    SAMPLING_OPTIONS: dict = {}  # z ~ N(0, I), nothing to choose
+    SamplingOptions = GanSampling
 
     def __init__(self, config: GanMlpConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
         self.config = config
         self.rt = runtime or Runtime()
         self.device = self.rt.device
         self.image_shape = tuple(image_shape)
-        self.conditional_classes = nets.conditional_classes(config.conditional, num_classes)
+        self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
         k, sn = self.conditional_classes, config.spectral_norm
         if config.name == "dcgan":
-            nets.check_dcgan_size(self.image_shape)
+            common.check_image_size(self.image_shape, "dcgan")
             self.G = nets.DCGenerator(config.latent_dim, self.image_shape, config.width, k)
             self.D = nets.DCDiscriminator(self.image_shape, config.width, k, config.conditioning, sn,
                                             config.minibatch_std)
@@ -170,7 +166,8 @@ class Gan:
         betas = (config.beta1, config.beta2)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d or config.lr, betas=betas)
-        self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if config.ema else None
+        self.ema = EMA(self.G, config.ema) if config.ema else None
+        self.G_ema = self.ema.net if self.ema else None
         self.ema_statistics_fresh = False
         self.policy = parse_policy(config.augment)
         self.steps = 0  # G updates so far (the learning-rate decay counts them)
@@ -232,12 +229,8 @@ class Gan:
             self._update_ema()
         return {"loss_g": loss.item(), "grad_norm_g": grad}
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
-        ema_p, p = list(self.G_ema.parameters()), list(self.G.parameters())
-        torch._foreach_lerp_(ema_p, p, 1 - self.config.ema)
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            b_ema.copy_(b)  # until refreshed (before sampling), BatchNorm statistics follow G's
+        self.ema.update(self.G, self.steps)  # BatchNorm statistics follow G's until refreshed (before sampling)
         self.ema_statistics_fresh = False
 
     @torch.no_grad()
@@ -306,39 +299,40 @@ class Gan:
             self.refresh_ema_statistics()
         return self.G_ema
 
-    def default_labels(self, n: int) -> torch.Tensor | None:
-        """Balanced labels 0, 1, ..., K-1, 0, 1, ... for a conditional model; None otherwise."""
-        return torch.arange(n) % self.conditional_classes if self.conditional_classes else None
-
-    def _check_labels(self, labels, n: int):
-        return nets.check_labels(labels, n, self.conditional_classes, self.device)
+    def sampling_defaults(self) -> GanSampling:
+        return GanSampling()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, labels=None, averaged: bool = True) -> torch.Tensor:
-        """Images as floats in [0, 1] [n, C, H, W] from latents z [n, latent_dim], unquantised (for
+        """Images as floats in [-1, 1] [n, C, H, W] from latents z [n, latent_dim], unquantised (for
         perceptual path length, whose 1e-4 steps would vanish in uint8). `averaged=False` decodes
         with the G being trained rather than its moving average."""
         G = self._sampler(averaged)
         was_training = G.training
         G.eval()
-        x = (G(z.to(self.device), self._check_labels(labels, len(z))).float() + 1) / 2
+        x = G(z.to(self.device), common.check_labels(labels, len(z), self.conditional_classes, self.device)).float()
         G.train(was_training)
-        return x
+        return x.cpu()
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, generator: torch.Generator | None = None,
-               averaged: bool = True) -> torch.Tensor:
+    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, averaged: bool = True,
+               **options) -> torch.Tensor:
         """n images, uint8 [n, C, H, W] on the CPU; z is drawn on the CPU so a seed means the same
         images on any device. A conditional model without `labels` draws balanced classes.
         `averaged=False`: from the G being trained (what D plays against; the diagnostics probe it)."""
+        common.sampling_options(self.sampling_defaults(), options)  # refuses any: a GAN has none
         z = torch.randn(n, self.config.latent_dim, generator=generator)
-        return to_uint8(self.decode(z, labels, averaged) * 2 - 1).cpu()
+        return to_uint8(self.decode(z, labels, averaged))
 
     @torch.no_grad()
     def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """D's raw score of uint8 images [n] (diagnostics compare training and held-out images)."""
         y = labels.to(self.device) if self.conditional_classes else None
         return self.D(to_unit(images.to(self.device)), y).float().cpu()
+
+    def watches(self, train, heldout, seed: int) -> list:
+        """The GAN's own failures (genlab.models.gan_diagnostics), for the Trainer's diagnostics."""
+        return [GanWatch(self, train, heldout, seed)]
 
     # ---------------------------------------------------------------- state
 

@@ -19,32 +19,6 @@ from torch import nn
 LABEL_DIM = 16  # size of G's label embedding
 
 
-def conditional_classes(conditional: bool, num_classes: int) -> int | None:
-    """The number of classes a conditional model is told about (None when unconditional); every
-    family refuses --conditional on a dataset without labels the same way."""
-    if not conditional:
-        return None
-    if num_classes < 2:
-        from genlab.errors import GenlabError
-
-        raise GenlabError("--conditional needs a labelled dataset (at least 2 classes); this one has "
-                          f"{num_classes}. Put a folder dataset's images in one subfolder per class")
-    return num_classes
-
-
-def check_labels(labels, n: int, k: int | None, device) -> torch.Tensor | None:
-    """`n` class numbers for a model conditioned on `k` classes, on `device`: balanced classes
-    0, 1, ..., k-1, 0, ... when `labels` is None; None for an unconditional model (k None)."""
-    if not k:
-        return None
-    labels = torch.arange(n) % k if labels is None else torch.as_tensor(labels, dtype=torch.int64)
-    if len(labels) != n or labels.min() < 0 or labels.max() >= k:
-        from genlab.errors import GenlabError
-
-        raise GenlabError(f"labels must be {n} class numbers in 0..{k - 1}")
-    return labels.to(device)
-
-
 def maybe_sn(layer: nn.Module, spectral: bool) -> nn.Module:
     """Spectral normalisation (Miyato et al. 2018, arXiv:1802.05957) where asked."""
     return nn.utils.parametrizations.spectral_norm(layer) if spectral else layer
@@ -127,15 +101,6 @@ class MLPDiscriminator(nn.Module):
 
 
 # ---------------------------------------------------------------- DCGAN (Radford et al. 2015, arXiv:1511.06434)
-
-def check_dcgan_size(image_shape: tuple[int, int, int]) -> None:
-    from genlab.errors import GenlabError
-
-    _, h, w = image_shape
-    if h != w or h % 4 or h < 8:
-        raise GenlabError(f"dcgan needs square images with a side divisible by 4 (28, 32, ...), got {h}x{w}; "
-                          "use --image-size for a folder dataset")
-
 
 class MinibatchStd(nn.Module):
     """Appends one feature map: the standard deviation of each feature across a group of `group`

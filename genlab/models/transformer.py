@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import option
+from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
-from genlab.models import nets
-from genlab.train.runtime import Runtime
+from genlab.models import common
 
 LEVELS = (2, 4, 8, 16, 256)
 SAMPLE_CHUNK = 256  # images decoded together: bounds the key/value cache's memory
@@ -190,18 +190,23 @@ def draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int) 
 
 # ---------------------------------------------------------------- the family
 
+@dataclass
+class TransformerSampling:
+    temperature: float = option(1.0, "divide the logits by T; below 1: sharper, less varied")
+    top_k: int = option(0, "draw each pixel among its k most likely levels (0: all)")
+
+
 class Transformer:
     """A pixel Transformer as a genlab family: the network and one AdamW optimiser."""
 
-    SAMPLING_OPTIONS = {"temperature": (float, "divide the logits by T; below 1: sharper, less varied"),
-                        "top_k": (int, "draw each pixel among its k most likely levels (0: all)")}
+    SamplingOptions = TransformerSampling
 
     def __init__(self, config: TransformerConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
         self.config = config
         self.rt = runtime or Runtime()
         self.device = self.rt.device
         self.image_shape = tuple(image_shape)
-        self.conditional_classes = nets.conditional_classes(config.conditional, num_classes)
+        self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
         self.length = math.prod(self.image_shape)
         self.net = PixelTransformer(self.length, config.levels, self.conditional_classes or 1, config).to(self.device)
         decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and not n.startswith(("embed", "pos"))]
@@ -237,7 +242,7 @@ class Transformer:
         base = self.config.levels
         if not self.conditional_classes:
             return torch.full((n,), base, dtype=torch.int64, device=self.device)
-        return base + nets.check_labels(labels, n, self.conditional_classes, self.device)
+        return base + common.check_labels(labels, n, self.conditional_classes, self.device)
 
     def _inputs(self, targets: torch.Tensor, labels) -> torch.Tensor:
         return torch.cat([self._starts(labels, len(targets))[:, None], targets[:, :-1]], 1)
@@ -308,18 +313,23 @@ class Transformer:
             self.net.train(was)
         return (tokens, torch.stack(trace, 1)) if record else tokens
 
+    def sampling_defaults(self) -> TransformerSampling:
+        return TransformerSampling(temperature=self.config.temperature, top_k=self.config.top_k)
+
     @torch.no_grad()
-    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, temperature: float | None = None,
-               top_k: int | None = None, cache: bool = True) -> torch.Tensor:
+    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, cache: bool = True,
+               **options) -> torch.Tensor:
         """n images uint8 [n, C, H, W] on the CPU, decoded SAMPLE_CHUNK at a time (the cache of a
-        chunk of 256 28x28 images is 0.4 GB with the default width)."""
-        labels = None if not self.conditional_classes else (
-            torch.arange(n) % self.conditional_classes if labels is None else torch.as_tensor(labels))
+        chunk of 256 28x28 images is 0.4 GB with the default width). `cache=False` recomputes the
+        prefix at every position: the reference the cached path is tested against."""
+        opts = common.sampling_options(self.sampling_defaults(), options)
+        k = self.conditional_classes
+        labels = None if not k else (common.balanced_labels(n, k) if labels is None else torch.as_tensor(labels))
         parts = []
         for start in range(0, n, SAMPLE_CHUNK):
             m = min(SAMPLE_CHUNK, n - start)
             part_labels = labels[start:start + m] if labels is not None else None
-            parts.append(self.generate(m, part_labels, generator, temperature, top_k, cache).cpu())
+            parts.append(self.generate(m, part_labels, generator, opts.temperature, opts.top_k, cache).cpu())
         return self.images(torch.cat(parts))
 
     # ---------------------------------------------------------------- state

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import option
+from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
-from genlab.models import nets
-from genlab.train.runtime import Runtime
+from genlab.models import common, nets
 
 LIKELIHOODS = ("bernoulli", "logistic")
 BINARISE_SEED = 1234  # the fixed binarisation of test images for likelihoods
@@ -187,22 +187,27 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch
 
 # ---------------------------------------------------------------- the family
 
+@dataclass
+class VaeSampling:
+    temperature: float = option(1.0, "z ~ N(0, T^2 I); below 1: more typical, less varied images")
+
+
 class Vae:
     """A VAE as a genlab family: encoder, decoder, one Adam optimiser."""
 
-    SAMPLING_OPTIONS = {"temperature": (float, "z ~ N(0, T^2 I); below 1: more typical, less varied images")}
+    SamplingOptions = VaeSampling
 
     def __init__(self, config: VaeConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
         self.config = config
         self.rt = runtime or Runtime()
         self.device = self.rt.device
         self.image_shape = tuple(image_shape)
-        self.conditional_classes = nets.conditional_classes(config.conditional, num_classes)
+        self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
         c = self.image_shape[0]
         out_channels = c if config.likelihood == "bernoulli" else 2 * c
         k, w, L = self.conditional_classes, config.width, config.latent_dim
         if config.name == "vae":
-            nets.check_dcgan_size(self.image_shape)
+            common.check_image_size(self.image_shape, "vae")
             self.encoder = ConvEncoder(self.image_shape, w, L, k)
             self.decoder = ConvDecoder(self.image_shape, w, L, out_channels, k)
         else:
@@ -249,7 +254,7 @@ class Vae:
         return logistic_log_prob(params.float(), target)
 
     def _labels(self, labels, n: int):
-        return nets.check_labels(labels, n, self.conditional_classes, self.device)
+        return common.check_labels(labels, n, self.conditional_classes, self.device)
 
     def kl_weight(self) -> float:
         if self.config.kl_warmup:
@@ -339,8 +344,17 @@ class Vae:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, labels=None) -> torch.Tensor:
-        """Mean images in [0, 1] [n, C, H, W] from latents [n, latent_dim]."""
+        """Mean images as floats in [-1, 1] [n, C, H, W] from latents [n, latent_dim]."""
+        return self._decode_mean(z, labels) * 2 - 1
+
+    def _decode_mean(self, z: torch.Tensor, labels=None) -> torch.Tensor:
+        """Mean images in [0, 1] (Bernoulli probabilities, or the logistic's means)."""
         return self._mean_image(self.decoder(z.to(self.device), self._labels(labels, len(z)))).cpu()
+
+    @staticmethod
+    def _pixels(mean: torch.Tensor) -> torch.Tensor:
+        """Mean images in [0, 1] as uint8 pixel values (a probability p is shown as p * 255)."""
+        return (mean.clamp(0, 1) * 255).round().to(torch.uint8)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, labels=None) -> torch.Tensor:
@@ -352,17 +366,19 @@ class Vae:
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, labels=None) -> torch.Tensor:
         """Decoded posterior means of uint8 images, uint8 [n, C, H, W]."""
-        return to_uint8(self.decode(self.encode(images, labels), labels))
+        return self._pixels(self._decode_mean(self.encode(images, labels), labels))
+
+    def sampling_defaults(self) -> VaeSampling:
+        return VaeSampling(temperature=self.config.temperature)
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, generator: torch.Generator | None = None,
-               temperature: float | None = None) -> torch.Tensor:
+    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, **options) -> torch.Tensor:
         """n images uint8 [n, C, H, W]: z ~ N(0, T^2 I) drawn on the CPU, decoded to mean images."""
-        t = self.config.temperature if temperature is None else temperature
+        t = common.sampling_options(self.sampling_defaults(), options).temperature
         if t <= 0:
             raise GenlabError(f"temperature must be positive, got {t}")
         z = torch.randn(n, self.config.latent_dim, generator=generator) * t
-        return to_uint8(self.decode(z, labels))
+        return self._pixels(self._decode_mean(z, labels))
 
     # ---------------------------------------------------------------- state
 
@@ -376,7 +392,3 @@ class Vae:
         self.opt.load_state_dict(state["opt"])
         self.steps = int(state["steps"])
 
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float [0, 1] -> uint8 [0, 255]."""
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)

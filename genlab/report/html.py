@@ -9,17 +9,44 @@ from __future__ import annotations
 
 import base64
 import html
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from genlab import plots
+from genlab.config import REQUIRED, config_text, option
+from genlab.core.images import make_grid, png_bytes
+from genlab.core.run import Run
 from genlab.errors import GenlabError
-from genlab.report import plots
-from genlab.report.grids import make_grid, png_bytes
-from genlab.train import rundir
+from genlab.generate import load
 
 STRIP_FRAMES = 8  # sample grids shown from first to last epoch
+
+
+@dataclass
+class ReportOptions:
+    """`genlab report RUN`: one self-contained HTML page of a run."""
+
+    run: str = option(REQUIRED, "run folder made by `genlab train` (run `genlab eval RUN` first for metrics)",
+                      positional=True)
+    out: str | None = option(None, "the HTML file to write (default RUN/report.html); plots go to OUT_files/")
+
+    def validate(self) -> None: ...
+
+
+@dataclass
+class CompareOptions:
+    """`genlab compare RUN...`: runs side by side in one HTML page."""
+
+    runs: list[str] = option([], "run folders (each evaluated with `genlab eval RUN` for metrics)", positional=True)
+    out: str = option("compare.html", "the HTML file to write; plots go to OUT_files/")
+    markdown: bool = option(False, "also print the table as markdown")
+    samples: int = option(16, "samples shown per run")
+
+    def validate(self) -> None:
+        if not self.runs:
+            raise GenlabError("compare needs at least one run folder")
+        if not 1 <= self.samples <= 256:
+            raise GenlabError(f"--samples must lie in 1..256, got {self.samples}")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0 auto;max-width:1100px;padding:1rem 2rem;color:#222}
@@ -65,23 +92,10 @@ def fmt(v) -> str:
     return str(v)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def page(title: str, sections: list[str]) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(sections) + "\n</body></html>\n")
-
-
-def check_run(run: Path) -> None:
-    if not run.is_dir() or not rundir.is_run(run):
-        raise GenlabError(f"{run} is not a genlab run folder (no config.yaml); pass a folder made by `genlab train`")
-    if not (run / rundir.META).is_file():
-        raise GenlabError(f"{run} has no run.json: the run did not get far enough to report on")
 
 
 def plot_file(files: Path, name: str) -> Path:
@@ -91,32 +105,40 @@ def plot_file(files: Path, name: str) -> Path:
 
 # ---------------------------------------------------------------- one run
 
-def _overview(run: Path, meta: dict, config: dict) -> str:
+def conditional(run: Run) -> bool:
+    """Whether the run's model was told the class (run.json says so; older runs, their config)."""
+    meta = run.meta
+    if "conditional_classes" in meta:
+        return bool(meta["conditional_classes"])
+    return bool(run.config.to_dict()["model"].get("conditional"))
+
+
+def _overview(run: Run, meta: dict) -> str:
     rows = [["model", meta.get("model")], ["dataset", f"{meta.get('dataset')} ({meta.get('dataset_split')}, "
                                            f"{meta.get('num_images')} images)"],
             ["status", f"{meta.get('status')}: {meta.get('stop_reason') or ''}"],
             ["steps", meta.get("steps")], ["training time", f"{meta.get('seconds', 0) / 60:.1f} min"],
-            ["images per second", meta.get("img_per_s")], ["conditional", config["model"].get("conditional", False)]]
+            ["images per second", meta.get("img_per_s")], ["conditional", conditional(run)]]
     return section("overview", f"Run {run.name}", table_html(rows, ["", ""]))
 
 
-def _config(run: Path, meta: dict) -> str:
+def _config(run: Run, meta: dict) -> str:
     env_keys = ("genlab_version", "torch_version", "python_version", "platform", "device", "precision",
                 "world_size", "threads", "seed", "dataset_checksum", "started", "finished")
     env = table_html([[k, fmt(meta.get(k))] for k in env_keys if k in meta], ["environment", ""])
-    text = (run / rundir.CONFIG).read_text()
+    text = config_text(run.config)
     return section("config", "Config and environment",
                    f"<pre>{html.escape(text)}</pre>\n{env}\n<p>Repeat it with "
-                   f"<code>genlab train --config {html.escape(str(run / rundir.CONFIG))} --out NEW</code>.</p>")
+                   f"<code>genlab train --config {html.escape(str(run / Run.CONFIG))} --out NEW</code>.</p>")
 
 
-def _grid_files(run: Path) -> list[Path]:
-    epochs = sorted((run / rundir.SAMPLES).glob("epoch_*.png"))
-    final = run / rundir.SAMPLES / "final.png"
+def _grid_files(run: Run) -> list[Path]:
+    epochs = sorted((run / Run.SAMPLES).glob("epoch_*.png"))
+    final = run / Run.SAMPLES / "final.png"
     return epochs + ([final] if final.is_file() else [])
 
 
-def _samples(run: Path) -> str:
+def _samples(run: Run) -> str:
     grids = _grid_files(run)
     if not grids:
         return section("samples", "Samples over training", missing("No sample grids were written."))
@@ -128,8 +150,8 @@ def _samples(run: Path) -> str:
                    "compared image by image with the one before.</p>" + figs)
 
 
-def _classes(run: Path, config: dict, meta: dict) -> str:
-    if not config["model"].get("conditional"):
+def _classes(run: Run, meta: dict) -> str:
+    if not conditional(run):
         return section("classes", "Per-class samples", missing("An unconditional model: no per-class grid "
                                                                "(train with --conditional for one)."))
     grids = _grid_files(run)
@@ -139,7 +161,7 @@ def _classes(run: Path, config: dict, meta: dict) -> str:
     return section("classes", "Per-class samples", body)
 
 
-def _curves(run: Path, files: Path, history: list[dict]) -> str:
+def _curves(run: Run, files: Path, history: list[dict]) -> str:
     if not history:
         return section("curves", "Training curves", missing("The log is empty."))
     path = plot_file(files, "curves")
@@ -149,14 +171,14 @@ def _curves(run: Path, files: Path, history: list[dict]) -> str:
     return section("curves", "Training curves", note + figure(path.read_bytes(), "losses and logged values"))
 
 
-def _metrics(run: Path, files: Path) -> str:
+def _metrics(run: Run, files: Path) -> str:
     body = []
-    history = read_jsonl(run / rundir.METRICS)
+    history = run.read_lines(Run.METRICS)
     if history:
         path = plot_file(files, "metric_history")
         plots.plot_metric_history(history, path)
         body.append(figure(path.read_bytes(), "metrics during training (--eval-every)"))
-    result = json.loads((run / rundir.EVAL).read_text()) if (run / rundir.EVAL).is_file() else None
+    result = run.eval
     if result:
         rows = [[name, fmt(m["value"]) + (f" ± {m['std']:.2g}" if m.get("std") else ""), fmt(m.get("floor")),
                  m["better"]] for name, m in result["metrics"].items()]
@@ -166,12 +188,12 @@ def _metrics(run: Path, files: Path) -> str:
         if result.get("likelihood_convention"):
             body.append(f"<p>Likelihood: {html.escape(result['likelihood_convention'])}.</p>")
     else:
-        body.append(missing(f"Not evaluated yet: `genlab eval {run}` writes eval.json, which this page shows."))
+        body.append(missing(f"Not evaluated yet: `genlab eval {run.path}` writes eval.json, which this page shows."))
     return section("metrics", "Metrics", "\n".join(body))
 
 
-def _diagnostics(run: Path) -> str:
-    found = read_jsonl(run / rundir.DIAGNOSES)
+def _diagnostics(run: Run) -> str:
+    found = run.read_lines(Run.DIAGNOSES)
     if not found:
         return section("diagnostics", "Diagnostics", "<p>No training failure was diagnosed.</p>")
     items = "".join(f'<div class="diag"><b>step {d["step"]}</b> ({html.escape(d["kind"].replace("_", " "))}): '
@@ -188,8 +210,8 @@ VIEW_CAPTIONS = {
 }
 
 
-def _views(run: Path) -> str:
-    paths = sorted((run / rundir.SAMPLES).glob("view-*.png"))
+def _views(run: Run) -> str:
+    paths = sorted((run / Run.SAMPLES).glob("view-*.png"))
     if not paths:
         return section("views", "Inside the model", missing("This family has no latent space to show; "
                                                             "its samples are above."))
@@ -199,16 +221,14 @@ def _views(run: Path) -> str:
 
 def run_report(run: str | Path, out: str | Path | None = None) -> Path:
     """Write RUN's report (default RUN/report.html) and its plots (REPORT_files/); returns the page."""
-    run = Path(run)
-    check_run(run)
+    run = Run.open(run)
+    meta = run.meta
     out = Path(out) if out else run / "report.html"
     files = out.parent / f"{out.stem}_files"
-    meta = rundir.read_json(run / rundir.META)
-    config = yaml.safe_load((run / rundir.CONFIG).read_text())
-    history = read_jsonl(run / rundir.LOG)
+    history = run.read_lines(Run.LOG)
     sections = [f"<h1>genlab report: {html.escape(run.name)}</h1>"
                 f"<p class=\"muted\">{html.escape(meta.get('model', ''))} on {html.escape(meta.get('dataset', ''))}</p>",
-                _overview(run, meta, config), _config(run, meta), _samples(run), _classes(run, config, meta),
+                _overview(run, meta), _config(run, meta), _samples(run), _classes(run, meta),
                 _curves(run, files, history), _metrics(run, files), _diagnostics(run), _views(run)]
     _write(out, page(f"genlab report: {run.name}", sections))
     return out
@@ -227,10 +247,10 @@ def _write(out: Path, text: str) -> None:
 COLUMNS = ("fid", "kid", "is", "precision", "recall", "coverage", "nll_nats")
 
 
-def run_row(run: Path) -> dict:
-    meta = rundir.read_json(run / rundir.META)
-    result = json.loads((run / rundir.EVAL).read_text()) if (run / rundir.EVAL).is_file() else {"metrics": {}}
-    row = {"run": run.name, "path": str(run), "model": meta.get("model"), "dataset": meta.get("dataset"),
+def run_row(run: Run) -> dict:
+    meta = run.meta
+    result = run.eval or {"metrics": {}}
+    row = {"run": run.name, "path": str(run.path), "model": meta.get("model"), "dataset": meta.get("dataset"),
            "steps": meta.get("steps"), "minutes": (meta.get("seconds") or 0) / 60, "img_per_s": meta.get("img_per_s")}
     row.update({k: result["metrics"].get(k, {}).get("value") for k in COLUMNS})
     return row
@@ -249,30 +269,25 @@ def markdown_table(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
 
-def side_by_side(runs: list[Path], n: int = 16, seed: int = 0) -> list[tuple[str, bytes]]:
+def side_by_side(runs: list[Run], n: int = 16, seed: int = 0) -> list[tuple[str, bytes]]:
     """(run name, PNG) of `n` samples from each run with the same seed (the same noise where two
     runs' families and latent sizes agree)."""
-    from genlab.generate import load_run, sample_from
-
     out = []
     for run in runs:
-        _, model, _ = load_run(run)
-        images = sample_from(model, n, seed=seed)
+        images = load(run.path).sample(n, seed=seed)
         out.append((run.name, png_bytes(make_grid(images, nrow=4), scale=2)))
     return out
 
 
-def compare_runs(runs: list[str | Path], out: str | Path = "compare.html", samples: int = 16) -> tuple[Path, str]:
+def compare_runs(runs: list[str | Path], out: str | Path = CompareOptions.out,
+                 samples: int = CompareOptions.samples) -> tuple[Path, str]:
     """Write the comparison page of `runs` (sorted by FID, unevaluated runs last); returns the page
     and the table as markdown."""
-    if not runs:
-        raise GenlabError("compare needs at least one run folder")
-    paths = [Path(r) for r in runs]
-    for run in paths:
-        check_run(run)
-        if not (run / rundir.WEIGHTS).is_file():
-            raise GenlabError(f"run {run} has no {rundir.WEIGHTS}: it has not finished")
-    rows = sorted((run_row(p) for p in paths), key=lambda r: (r["fid"] is None, r["fid"] or 0))
+    CompareOptions([str(r) for r in runs], str(out), samples=samples).validate()
+    opened = [Run.open(r) for r in runs]
+    for run in opened:
+        run.weights()  # refuses a run that has not finished
+    rows = sorted((run_row(r) for r in opened), key=lambda r: (r["fid"] is None, r["fid"] or 0))
     head, body = compare_table(rows)
     out = Path(out)
     files = out.parent / f"{out.stem}_files"
@@ -287,7 +302,7 @@ def compare_runs(runs: list[str | Path], out: str | Path = "compare.html", sampl
         sections.append(section("quality", "Quality versus training time", figure(path.read_bytes(), "FID against minutes of training")))
     else:
         sections.append(section("quality", "Quality versus training time", missing("No run has been evaluated.")))
-    figs = "".join(figure(png, name) for name, png in side_by_side([Path(r["path"]) for r in rows], samples))
+    figs = "".join(figure(png, name) for name, png in side_by_side([Run(r["path"]) for r in rows], samples))
     sections.append(section("samples", "Samples side by side", f"<p>{samples} samples from each run, seed 0.</p>" + figs))
     _write(out, page("genlab comparison", sections))
     return out, markdown_table(head, body)

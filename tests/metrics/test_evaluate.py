@@ -11,6 +11,9 @@ from genlab.config import DataConfig
 from genlab.data import ImageSet, load_dataset
 from genlab.errors import GenlabError
 from genlab.metrics import evaluate as E
+from genlab.metrics import reference
+from genlab.metrics.model_metrics import ppl
+from genlab.metrics.samples import load_samples_file
 from tests.conftest import tiny_config
 
 
@@ -44,8 +47,8 @@ def test_real_digits_score_like_the_floor_and_noise_scores_badly(small_extractor
 def test_reference_statistics_are_cached(small_extractor, test_digits, monkeypatch):
     ev(test_digits.images[:100], small_extractor)
     cached = {p.name: p.stat().st_mtime_ns for p in small_extractor.path.iterdir()}
-    assert {"reference.safetensors", "radii-100.safetensors", "floors.json"} <= set(cached)
-    monkeypatch.setattr(E, "split_reference", lambda *a: pytest.fail("recomputed the reference"))
+    assert {"reference.safetensors", "radii-100.safetensors", "floors-100.safetensors"} <= set(cached)
+    monkeypatch.setattr(reference, "split_reference", lambda *a: pytest.fail("recomputed the reference"))
     out = ev(test_digits.images[100:200], small_extractor)
     assert out["metrics"]["fid"]["floor"] is not None
     assert {p.name: p.stat().st_mtime_ns for p in small_extractor.path.iterdir()} == cached
@@ -53,12 +56,15 @@ def test_reference_statistics_are_cached(small_extractor, test_digits, monkeypat
 
 class ConstantModel:
     latent_dim = 4
+    conditional_classes = None
 
-    def decode(self, z):
-        return torch.full((len(z), 1, 28, 28), 0.5)
+    def decode(self, z, labels=None):
+        return torch.full((len(z), 1, 28, 28), 0.0)  # [-1, 1]: mid-grey
 
 
 class LikelihoodModel(ConstantModel):
+    likelihood_convention = "a constant, for the test"
+
     def sample(self, n, labels=None, generator=None):
         return torch.zeros(n, 1, 28, 28, dtype=torch.uint8)
 
@@ -67,14 +73,14 @@ class LikelihoodModel(ConstantModel):
 
 
 def test_ppl_of_a_constant_model_is_zero(small_extractor):
-    assert E.ppl(ConstantModel(), small_extractor, n=50) == 0.0
-    assert E.ppl(object(), small_extractor) is None  # no latent space, no PPL
+    assert ppl(ConstantModel(), small_extractor, n=50) == 0.0
+    assert ppl(object(), small_extractor) is None  # no latent space, no PPL
 
 
 def test_ppl_of_a_gan_is_positive(small_extractor):
     from tests.models.test_gan import tutorial_gan
 
-    value = E.ppl(tutorial_gan(), small_extractor, n=100)
+    value = ppl(tutorial_gan(), small_extractor, n=100)
     assert math.isfinite(value) and value > 0
 
 
@@ -119,19 +125,19 @@ def test_extractor_of_another_dataset_is_refused(small_extractor, tmp_path):
 def test_samples_files(tmp_path):
     (tmp_path / "empty.npz").write_bytes(b"")
     with pytest.raises(GenlabError, match="is empty"):
-        E.load_samples_file(tmp_path / "empty.npz", 1)
+        load_samples_file(tmp_path / "empty.npz", 1)
     np.savez(tmp_path / "other.npz", pictures=np.zeros((3, 28, 28), np.uint8))
     with pytest.raises(GenlabError, match="has no array named `images` \\(it has: pictures\\)"):
-        E.load_samples_file(tmp_path / "other.npz", 1)
+        load_samples_file(tmp_path / "other.npz", 1)
     (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
     with pytest.raises(GenlabError, match="not a readable .npz"):
-        E.load_samples_file(tmp_path / "junk.npz", 1)
+        load_samples_file(tmp_path / "junk.npz", 1)
     with pytest.raises(GenlabError, match="does not exist"):
-        E.load_samples_file(tmp_path / "none.npz", 1)
+        load_samples_file(tmp_path / "none.npz", 1)
 
 
 def test_eval_from_the_command_line(small_extractor, tmp_path, capsys):
-    from genlab.train.loop import train
+    from genlab.training.trainer import train
 
     run = train(tiny_config(tmp_path / "run", steps=20))
     assert main(["eval", str(run), "--n", "300", "--features", str(small_extractor.path),
@@ -161,7 +167,7 @@ def test_eval_bad_usage(argv, message, capsys, small_extractor, tmp_path, monkey
 
 def test_train_with_eval_every_keeps_the_best(small_extractor, tmp_path):
     from genlab.generate import load_run
-    from genlab.train.loop import train
+    from genlab.training.trainer import train
 
     cfg = tiny_config(tmp_path / "run", steps=12, eval_every=4, eval_n=100,
                       eval_features=str(small_extractor.path))
@@ -169,7 +175,7 @@ def test_train_with_eval_every_keeps_the_best(small_extractor, tmp_path):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [4, 8, 12] and all(x["features"] == small_extractor.name for x in lines)
     best_fid = min(x["fid"] for x in lines)
-    from genlab.train.checkpoint import load_state
+    from genlab.core.checkpoint import load_state
 
     _, meta = load_state(run / "best.safetensors")
     assert float(meta["fid"]) == best_fid

@@ -9,7 +9,7 @@ from genlab.config import apply_overrides, default_config
 from genlab.errors import GenlabError
 from genlab.models import build_model
 from genlab.models.diffusion import Schedule
-from genlab.train.loop import seed_everything
+from genlab.core.runtime import seed_everything
 
 
 SHAPE = (1, 16, 16)  # small images keep the U-Net quick; 28 and 32 are tested below

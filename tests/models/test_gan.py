@@ -4,7 +4,7 @@ import torch
 from genlab.config import apply_overrides, default_config
 from genlab.models import MODELS, build_model, register_model
 from genlab.models.gan import GanMlp, GanMlpConfig, d_loss, g_loss
-from genlab.train.loop import seed_everything
+from genlab.core.runtime import seed_everything
 from tests.conftest import weights_of
 
 

@@ -12,7 +12,7 @@ from genlab.errors import GenlabError
 from genlab.models import MODELS, build_model
 from genlab.models import diffaug
 from genlab.models.gan import LOSSES, d_loss, g_loss, gradient_penalty
-from genlab.train.loop import seed_everything
+from genlab.core.runtime import seed_everything
 
 VARIANTS = [
     ("gan-mlp", {}),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from genlab.config import apply_overrides, default_config
 from genlab.errors import GenlabError
 from genlab.models import build_model
-from genlab.train.loop import seed_everything
+from genlab.core.runtime import seed_everything
 
 SHAPE = (1, 8, 8)
 

@@ -11,7 +11,7 @@ from genlab.config import apply_overrides, default_config
 from genlab.errors import GenlabError
 from genlab.models import build_model
 from genlab.models.vae import bernoulli_log_prob, gaussian_kl, logistic_log_prob
-from genlab.train.loop import seed_everything
+from genlab.core.runtime import seed_everything
 
 VARIANTS = [("vae", {}), ("vae-mlp", {}), ("vae", {"likelihood": "logistic"}),
             ("vae-mlp", {"likelihood": "logistic", "conditional": True}), ("vae", {"conditional": True}),

@@ -15,9 +15,9 @@ import torch
 
 from genlab.cli import main
 from genlab.errors import GenlabError
-from genlab.train import resume
-from genlab.train.checkpoint import load_state
-from genlab.train.loop import train
+from genlab.core.run import Run
+from genlab.core.checkpoint import load_state
+from genlab.training.trainer import train
 from tests.conftest import tiny_config
 
 # 256 digits, batch 32: 8 steps an epoch; checkpoints every 5 steps fall inside and at ends of epochs
@@ -103,7 +103,7 @@ def test_sigkill_at_a_step_then_resume_gives_the_same_bits(reference_run, tmp_pa
     proc = start_training(run, 40)
     assert kill_when(proc, lambda: logged_step(run) >= kill_after), "finished before the kill"
     assert proc.returncode == -signal.SIGKILL
-    if not resume.list_checkpoints(run):  # killed before the first checkpoint: nothing to resume
+    if not Run(run).checkpoints():  # killed before the first checkpoint: nothing to resume
         done = subprocess.run([sys.executable, "-m", "genlab.cli", "train", "--resume", str(run)],
                               capture_output=True, text=True)
         assert done.returncode == 2 and "no checkpoint to resume from" in done.stderr
@@ -135,7 +135,7 @@ def test_sigkill_during_a_checkpoint_write(reference_run, tmp_path):
             caught = True
             break
     assert caught, "could not catch a checkpoint write in 6 tries"
-    finished = resume.list_checkpoints(run)
+    finished = Run(run).checkpoints()
     for _, path in finished:
         load_state(path)  # every finished checkpoint is whole
     resume_to_end(run)
@@ -155,7 +155,7 @@ def test_sigterm_saves_a_checkpoint_and_prints_how_to_resume(reference_run, tmp_
     assert f"Resume with: genlab train --resume {run}" in err and "Traceback" not in err
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "interrupted"
-    assert resume.list_checkpoints(run)[-1][0] == meta["steps"]  # a checkpoint at the stopping step
+    assert Run(run).checkpoints()[-1][0] == meta["steps"]  # a checkpoint at the stopping step
     resume_to_end(run)
     assert_same_bits(run, reference_run)
 
@@ -200,18 +200,18 @@ def test_resume_usage_errors(tmp_path, capsys):
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
     run = train(tiny_config(tmp_path / "one", steps=12, checkpoint_every=4))
-    assert [s for s, _ in resume.list_checkpoints(run)] == [12]
+    assert [s for s, _ in Run(run).checkpoints()] == [12]
     run = train(tiny_config(tmp_path / "two", steps=12, checkpoint_every=4, keep_checkpoints=2))
-    assert [s for s, _ in resume.list_checkpoints(run)] == [8, 12]
+    assert [s for s, _ in Run(run).checkpoints()] == [8, 12]
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     run = train(tiny_config(tmp_path / "r", steps=8, checkpoint_every=4, keep_checkpoints=2))
-    newest = resume.checkpoint_path(run, 8)
+    newest = Run(run).checkpoint_path(8)
     newest.write_bytes(newest.read_bytes()[:1000])
     (run / "checkpoints" / ".step-00000012.safetensors.tmp-99").write_bytes(b"half")
-    tree, path = resume.load_latest(run)
-    assert path == resume.checkpoint_path(run, 4) and tree["loop"]["step"] == 4
+    tree, path = Run(run).latest_checkpoint()
+    assert path == Run(run).checkpoint_path(4) and tree["loop"]["step"] == 4
 
 
 # ---------------------------------------------------------------- NaN and inf
@@ -239,7 +239,7 @@ def test_a_nan_stops_the_run_with_the_previous_weights(tmp_path, monkeypatch):
     assert "the last checkpoint (step 5) is kept" in str(err.value) and "--on-nan skip" in str(err.value)
     assert_same_bits(tmp_path / "nan", tmp_path / "six")  # the weights after step 6, exactly
     assert json.loads((tmp_path / "nan" / "run.json").read_text())["status"] == "diverged"
-    assert [s for s, _ in resume.list_checkpoints(tmp_path / "nan")] == [5]
+    assert [s for s, _ in Run(tmp_path / "nan").checkpoints()] == [5]
 
 
 def test_on_nan_skip_skips_and_counts(tmp_path, monkeypatch):
@@ -273,7 +273,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_caught(tmp_path, monkeypatc
 # ---------------------------------------------------------------- disks and files
 
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from genlab.train import checkpoint
+    from genlab.core import checkpoint
 
     real_fsync, calls = os.fsync, {"n": 0}
 
@@ -286,7 +286,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.os, "fsync", fsync)
     with pytest.raises(GenlabError, match="No space left on device.*earlier file there is untouched"):
         train(tiny_config(tmp_path / "r", steps=20, checkpoint_every=4))
-    found = resume.list_checkpoints(tmp_path / "r")
+    found = Run(tmp_path / "r").checkpoints()
     assert found and load_state(found[-1][1])[0]["loop"]["step"] == found[-1][0]
     assert not [p for p in (tmp_path / "r" / "checkpoints").iterdir() if ".tmp-" in p.name]
 
@@ -337,12 +337,71 @@ def test_impossible_device_options(tmp_path, options, message):
 
 
 def test_a_checkpoint_with_a_tensor_of_the_wrong_shape_is_refused(tmp_path):
-    from genlab.train.checkpoint import save_state
+    from genlab.core.checkpoint import save_state
 
     run = train(tiny_config(tmp_path / "r", steps=4, checkpoint_every=4))
-    path = resume.checkpoint_path(run, 4)
+    path = Run(run).checkpoint_path(4)
     tree, _ = load_state(path)
     tree["model"]["G"]["net.0.weight"] = torch.zeros(3, 3)
     save_state(path, tree)
     with pytest.raises(GenlabError, match="does not fit the run's config.yaml: size mismatch for net.0.weight"):
         train(tiny_config(run, steps=8, checkpoint_every=4), resume_run=run)
+
+
+# ---------------------------------------------------------------- the end of a run
+
+def killed_at_the_end(tmp_path, condition_of, tries=6) -> Path:
+    """A 40-step run killed by SIGKILL when `condition_of(run)` first holds (retried: the windows
+    are short); returns the run folder."""
+    for attempt in range(tries):
+        run = tmp_path / f"run{attempt}"
+        proc = start_training(run, 40)
+        if kill_when(proc, lambda: condition_of(run)):
+            return run
+    raise AssertionError(f"could not kill at that point in {tries} tries")
+
+
+def final_checkpoint_written(run: Path) -> bool:
+    return (run / "checkpoints" / "step-00000040.safetensors").is_file() and not (run / "model.safetensors").exists()
+
+
+def writing(folder: Path, name: str) -> bool:
+    try:
+        return any(e.name.startswith(f".{name}.tmp-") for e in os.scandir(folder))
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("moment", ["after the final checkpoint", "during the final checkpoint",
+                                    "during the final save"])
+def test_a_kill_at_the_end_resumes_to_the_same_step_and_bits(reference_run, tmp_path, moment):
+    """The bug found from outside: killed after its final checkpoint, a resumed run took one step
+    more than the budget. Budgets are asked before each step, so it only finishes the run."""
+    condition = {"after the final checkpoint": final_checkpoint_written,
+                 "during the final checkpoint": lambda r: writing(r / "checkpoints", "step-00000040.safetensors"),
+                 "during the final save": lambda r: writing(r, "model.safetensors")}[moment]
+    run = killed_at_the_end(tmp_path, condition)
+    resume_to_end(run)
+    assert_same_bits(run, reference_run)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "finished" and meta["steps"] == 40
+    expected_from = 35 if moment == "during the final checkpoint" else 40
+    assert meta["resumed"][-1]["from_step"] == expected_from
+    steps = [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    run = train(tiny_config(tmp_path / "r", steps=9, checkpoint_every=100))
+    before = full_state(run)
+    train(tiny_config(run, steps=9, checkpoint_every=100), resume_run=run)
+    after = full_state(run)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["steps"] == 9 and meta["resumed"][0]["from_step"] == 9 and meta["status"] == "finished"
+
+
+def test_log_lines_name_the_epoch_their_step_belongs_to(tmp_path):
+    run = train(tiny_config(tmp_path / "r", steps=None, epochs=2, log_every=3))  # 8 steps an epoch
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [(x["step"], x["epoch"]) for x in lines] == [(3, 1), (6, 1), (9, 2), (12, 2), (15, 2), (16, 2)]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from genlab.models import nets
-from genlab.train.diagnostics import WINDOW, Diagnostics
-from genlab.train.loop import train
+from genlab.models.diagnosis import WINDOW, Diagnostics, GradientWatch
+from genlab.training.trainer import train
 from tests.conftest import tiny_config
 
 
@@ -61,14 +61,8 @@ def test_too_little_data_is_d_overfitting(tmp_path):
     assert evidence["d_train"] > evidence["d_heldout"] and evidence["drift"] >= 0.4
 
 
-class Silent:
-    def sample(self, n, labels=None, generator=None):
-        return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=generator)
-
-
 def make_diagnostics():
-    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    return Diagnostics(Silent(), images, torch.zeros(64, dtype=torch.int64), None)
+    return Diagnostics([GradientWatch()])  # what every family is watched for
 
 
 @pytest.mark.parametrize("after, kind", [(1e-3, "vanishing_gradients"), (1e3, "exploding_gradients")])

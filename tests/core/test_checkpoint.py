@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from genlab.errors import GenlabError
-from genlab.train.checkpoint import decode_tree, encode_tree, load_state, save_state, state_to_bytes
+from genlab.core.checkpoint import decode_tree, encode_tree, load_state, save_state, state_to_bytes
 from tests.models.test_gan import tutorial_gan
 
 

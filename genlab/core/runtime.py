@@ -1,5 +1,6 @@
-"""Where and how a family's optimisation step runs: device, precision, data parallelism, and the
-guard that keeps non-finite numbers away from the optimisers.
+"""Where and how a family's optimisation step runs: device, precision, data parallelism, the guard
+that keeps non-finite numbers away from the optimisers, and the random state that makes a run
+repeatable (seeding, and capturing every generator for an exact resume).
 
 Families own their optimisers (DESIGN.md), so each optimiser step goes through three calls:
 
@@ -14,14 +15,60 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from genlab.errors import GenlabError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then the CPU; asking for a missing GPU is an error."""
+    mps = getattr(torch.backends, "mps", None)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps and mps.is_available() else torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenlabError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
+    if name == "mps" and not (mps and mps.is_available()):
+        raise GenlabError("--device mps: Apple's MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's global generators from one seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict:
+    """Every global random generator's state (Python, NumPy, torch, CUDA), as tensors and numbers
+    that a checkpoint can hold."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """The inverse of `capture_rng`."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
 class NonFiniteError(Exception):
@@ -87,16 +134,17 @@ class Runtime:
         loss_value = loss.detach().float().reshape(1)
         if self.distributed:
             loss_value = self._all_reduce_mean(grads, loss_value)
+        # one fused norm checks the loss and every gradient at once (0 * inf and 0 * nan are nan);
+        # only when it is not finite do we look again to say which it was
+        norm = torch.stack(torch._foreach_norm(grads)).norm() if grads else torch.zeros(())
+        checked = float(norm + 0 * loss_value.to(norm.device).sum())
+        if math.isfinite(checked):
+            return checked
         if not bool(torch.isfinite(loss_value)):
             raise NonFiniteError(f"loss of {name}", float(loss_value))
-        if not grads:
-            return 0.0
-        norm = float(torch.stack(torch._foreach_norm(grads)).norm())
-        if not math.isfinite(norm):
-            if self.scaler is not None:  # fp16 overflow: the scaler skips this step and lowers its scale
-                return norm
-            raise NonFiniteError(f"gradient of {name}", norm)
-        return norm
+        if self.scaler is not None:  # fp16 overflow: the scaler skips this step and lowers its scale
+            return float(norm)
+        raise NonFiniteError(f"gradient of {name}", float(norm))
 
     def _all_reduce_mean(self, grads: list[torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
         """Average gradients (and the loss) over ranks in one flat all-reduce; returns the loss."""

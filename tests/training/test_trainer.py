@@ -5,8 +5,8 @@ import torch
 
 from genlab.errors import GenlabError
 from genlab.generate import load_run, sample_run
-from genlab.train.checkpoint import load_state
-from genlab.train.loop import train
+from genlab.core.checkpoint import load_state
+from genlab.training.trainer import train
 from tests.conftest import tiny_config
 
 

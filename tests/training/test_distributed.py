@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.train.test_resume import assert_same_bits, full_state
+from tests.training.test_resume import assert_same_bits, full_state
 
 ARGS = ["--limit", "256", "--batch-size", "32", "--seed", "3", "--no-progress", "--device", "cpu",
         "--threads", "1", "--grid-size", "4", "--log-every", "1"]

@@ -1,4 +1,5 @@
-"""Training curves from a run's log.jsonl, drawn with matplotlib (Agg: no display needed)."""
+"""Curves of a run, drawn with matplotlib (Agg: no display needed): the losses of log.jsonl, the
+metrics of metrics.jsonl, and quality against training time for a comparison."""
 
 from __future__ import annotations
 

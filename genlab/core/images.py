@@ -1,4 +1,4 @@
-"""Image grids: many small images tiled into one picture."""
+"""Image files: many small images tiled into one picture, and PNG bytes for files, pages and the web demo."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Pictures that show what a model has learnt beyond its samples, for the families that allow them:
 
-- latent interpolation: slerp between random latents (families with `latent_dim` and `decode`);
+- latent interpolation: slerp between random latents (a `LatentSpace`);
 - reconstructions, input row above output row, and interpolation between two real images
-  (families with `encode`: the VAE);
+  (an `Encoder`: the VAE);
 - latent traversal: one row per latent dimension, that dimension swept from -3 to 3 (small latents);
-- the denoising strip of a diffusion model (families with `denoising_strip`).
+- whatever the family draws itself (`OwnViews`: the denoising chains of a diffusion model).
 
 Each view is a uint8 batch [N, C, H, W] with its images-per-row; `save_views` writes them as PNGs
 in the run's samples/ folder, where the HTML report finds them.
@@ -16,19 +16,17 @@ from pathlib import Path
 
 import torch
 
+from genlab.core.images import save_grid
 from genlab.metrics.scores import slerp
-from genlab.report.grids import save_grid
+from genlab.models.common import to_uint8
+from genlab.models.protocols import Encoder, LatentSpace, OwnViews
 
 MAX_TRAVERSAL_DIMS = 16  # traversals are drawn for latents up to this size
 STEPS = 10  # frames of an interpolation
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def _labels(model, n: int):
-    k = getattr(model, "conditional_classes", None)
+    k = model.conditional_classes
     return {"labels": torch.arange(n) % k} if k else {}
 
 
@@ -46,7 +44,7 @@ def latent_interpolation(model, rows: int = 8, seed: int = 0) -> tuple[torch.Ten
 
 def reconstructions(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Inputs in the first row, their reconstructions in the second (and so on in pairs of rows)."""
-    extra = {"labels": labels} if getattr(model, "conditional_classes", None) else {}
+    extra = {"labels": labels} if model.conditional_classes else {}
     out = model.reconstruct(images, **extra)
     per_row = min(len(images), 16)
     pairs = [torch.cat([images[i:i + per_row], out[i:i + per_row]]) for i in range(0, len(images), per_row)]
@@ -56,7 +54,7 @@ def reconstructions(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[
 def real_interpolation(model, images: torch.Tensor, labels: torch.Tensor, rows: int = 4) -> tuple[torch.Tensor, int]:
     """Linear paths between the posterior means of pairs of real images (the ends are their
     reconstructions, not the images)."""
-    extra = {"labels": labels} if getattr(model, "conditional_classes", None) else {}
+    extra = {"labels": labels} if model.conditional_classes else {}
     mu = model.encode(images[:2 * rows], **({k: v[:2 * rows] for k, v in extra.items()}))
     a, b = mu[0::2], mu[1::2]
     t = torch.linspace(0, 1, STEPS)[None, :, None]
@@ -70,7 +68,7 @@ def traversal(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     -3 ... 3 standard deviations of the prior. None for latents above MAX_TRAVERSAL_DIMS."""
     if model.latent_dim > MAX_TRAVERSAL_DIMS:
         return None
-    extra = {"labels": labels[:1]} if getattr(model, "conditional_classes", None) else {}
+    extra = {"labels": labels[:1]} if model.conditional_classes else {}
     mu = model.encode(images[:1], **extra)[0]
     values = torch.linspace(-3, 3, 9)
     z = mu.repeat(model.latent_dim * len(values), 1).view(model.latent_dim, len(values), -1)
@@ -83,16 +81,16 @@ def traversal(model, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 def views(model, images: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[torch.Tensor, int]]:
     """Every view `model` supports, from real `images` (uint8) where a view needs them."""
     out = {}
-    if hasattr(model, "latent_dim") and hasattr(model, "decode"):
+    if isinstance(model, LatentSpace):
         out["interpolation"] = latent_interpolation(model)
-    if hasattr(model, "encode"):
+    if isinstance(model, Encoder) and isinstance(model, LatentSpace):
         out["reconstructions"] = reconstructions(model, images[:32], labels[:32])
         out["real-interpolation"] = real_interpolation(model, images, labels)
         found = traversal(model, images, labels)
         if found is not None:
             out["traversal"] = found
-    if hasattr(model, "denoising_strip"):
-        out["denoising"] = model.denoising_strip(rows=4)
+    if isinstance(model, OwnViews):
+        out.update(model.own_views())
     return out
 
 

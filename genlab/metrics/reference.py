@@ -1,0 +1,130 @@
+"""The real side of every comparison, computed once per feature extractor and cached beside it.
+
+The reference is the dataset's training split (what the model learned from); the floor is the same
+metrics for real images the model never saw (the test split, or for a dataset without one a fixed
+held-out fifth of the images) against that reference, with as many images as the samples (up to
+the size of the held-out set). A model cannot be expected to beat its floor.
+
+Cache (one format, genlab's safetensors state files, in the extractor's folder): reference.safetensors
+(features and Gaussian statistics of both splits), radii-N.safetensors (the k-NN radii of N reference
+points), floors-N.safetensors (the floor's metrics for N held-out images).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from genlab.config import DataConfig
+from genlab.core.checkpoint import load_state, save_state
+from genlab.data import ImageSet, load_dataset, load_heldout
+from genlab.errors import GenlabError
+from genlab.metrics import scores
+from genlab.metrics.features import Extractor
+
+MAX_KNN_REFERENCE = 10_000  # the real side of the k-NN metrics: at most as many as the samples
+
+
+@dataclass
+class Reference:
+    """Features of the real data the samples are compared with, and of the held-out real images."""
+
+    features: torch.Tensor   # [N_ref, D] training-split features
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    label_histogram: torch.Tensor  # [classes] counts of the reference's labels
+    heldout_features: torch.Tensor
+    heldout_logits: torch.Tensor
+    folder: Path  # cache folder (the extractor's)
+
+
+def split_reference(data_cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+    """(reference, held-out): train and test splits, or 4/5 and 1/5 of a dataset with no test split."""
+    train_cfg = DataConfig(dataset=data_cfg.dataset, data_dir=data_cfg.data_dir, split="train",
+                           image_size=data_cfg.image_size)
+    train = load_dataset(train_cfg)
+    test = load_heldout(train_cfg)
+    if test is not None:
+        return train, test
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    cut = len(train) // 5
+    held, ref = perm[:cut].sort().values, perm[cut:].sort().values
+    return (ImageSet(train.images[ref], train.labels[ref], train.name, train.class_names),
+            ImageSet(train.images[held], train.labels[held], train.name, train.class_names))
+
+
+def get_reference(data_cfg: DataConfig, extractor: Extractor) -> Reference:
+    """Reference features for `extractor`'s dataset, from its cache folder or computed once."""
+    def compute() -> dict:
+        ref, held = split_reference(data_cfg)
+        feats, _ = extractor(ref.images)
+        held_feats, held_logits = extractor(held.images)
+        mu, sigma = scores.gaussian_stats(feats)
+        hist = torch.bincount(ref.labels, minlength=extractor.spec["num_classes"])
+        return {"features": feats, "mu": mu, "sigma": sigma, "label_histogram": hist,
+                "heldout_features": held_feats, "heldout_logits": held_logits}
+
+    t = _cached(extractor.path / "reference.safetensors", compute)
+    return Reference(t["features"], t["mu"], t["sigma"], t["label_histogram"], t["heldout_features"],
+                     t["heldout_logits"], extractor.path)
+
+
+def _knn_reference(ref: Reference, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fixed random subset of `n` reference features and their 3- and 5-NN radii (cached)."""
+    n = min(n, len(ref.features), MAX_KNN_REFERENCE)
+    idx = torch.randperm(len(ref.features), generator=torch.Generator().manual_seed(0))[:n]
+    subset = ref.features[idx]
+    t = _cached(ref.folder / f"radii-{n}.safetensors",
+                lambda: {"k3": scores.knn_radii(subset, 3), "k5": scores.knn_radii(subset, 5)})
+    return subset, t["k3"], t["k5"]
+
+
+def score_features(feats: torch.Tensor, logits: torch.Tensor, ref: Reference, seed: int = 0) -> dict:
+    """Every sample metric of features [N, D] and logits [N, classes] against the reference."""
+    gen = torch.Generator().manual_seed(seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        k = scores.kid(ref.features, feats, generator=gen)
+    knn_real, k3, k5 = _knn_reference(ref, len(feats))
+    out = {"fid": scores.frechet_distance(ref.mu, ref.sigma, *scores.gaussian_stats(feats)),
+           "kid": k["mean"], "kid_std": k["std"]}
+    is_ = scores.inception_score(logits, splits=10, generator=gen)
+    out.update({"is": is_["mean"], "is_std": is_["std"]})
+    # The k-NN metrics compare equally many real and generated points, as Kynkäänniemi et al. and
+    # Naeem et al. do: with more fakes than reals the fakes' k-NN balls shrink and recall is
+    # understated (and precision overstated). The samples are i.i.d., so the first m stand for all.
+    knn_fake = feats[:len(knn_real)]
+    out["knn_n"] = len(knn_real)
+    out.update(scores.precision_recall(knn_real, knn_fake, 3, real_radii=k3))
+    out.update(scores.density_coverage(knn_real, knn_fake, 5, real_radii=k5))
+    cc = scores.class_coverage(logits.argmax(1), ref.label_histogram)
+    out.update({"classes_found": cc["classes_found"], "class_tv": cc["class_tv"],
+                "class_histogram": cc["histogram"]})
+    out["warnings"] = [str(w.message) for w in caught]
+    return out
+
+
+def _cached(path: Path, compute) -> dict:
+    """The state tree cached at `path`, or `compute()` saved there (a damaged entry is recomputed)."""
+    if path.is_file():
+        try:
+            return load_state(path)[0]
+        except GenlabError:
+            pass
+    tree = compute()
+    save_state(path, tree)
+    return tree
+
+
+def real_floor(ref: Reference, n: int) -> dict:
+    """The metrics of `n` held-out real images (cached per n)."""
+    n = min(n, len(ref.heldout_features))
+
+    def compute() -> dict:
+        idx = torch.randperm(len(ref.heldout_features), generator=torch.Generator().manual_seed(1))[:n]
+        return {"floor": score_features(ref.heldout_features[idx], ref.heldout_logits[idx], ref)}
+
+    return _cached(ref.folder / f"floors-{n}.safetensors", compute)["floor"]

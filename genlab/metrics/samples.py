@@ -1,0 +1,97 @@
+"""Samples in: images from any generator (arrays, .npz files, folders of PNGs), checked and
+converted to the uint8 [N, C, H, W] of the dataset they are compared with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from genlab.errors import GenlabError
+
+
+def prepare_samples(images, shape: tuple[int, int, int], resize: bool = False, source: str = "samples") -> torch.Tensor:
+    """Check and convert samples to uint8 [N, C, H, W] of the extractor's `shape`.
+
+    Accepts uint8 (or other integers in 0..255) and floats in [0, 1], as [N, H, W] or [N, C, H, W].
+    A different size or channel count is an error unless `resize` asks for a conversion."""
+    x = torch.as_tensor(images)
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.ndim != 4:
+        raise GenlabError(f"{source}: expected images [N, H, W] or [N, C, H, W], got shape {tuple(x.shape)}")
+    if len(x) < 2:
+        raise GenlabError(f"{source}: {len(x)} image(s); the metrics need at least 2 (10,000 is usual)")
+    if x.is_floating_point():
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+            raise GenlabError(f"{source}: {bad} image(s) contain NaN or infinite values; fix the generator's output")
+        if x.min() < 0 or x.max() > 1:
+            raise GenlabError(f"{source}: float images must lie in [0, 1], found [{float(x.min()):.3g}, "
+                              f"{float(x.max()):.3g}]; rescale them or save uint8")
+        x = (x * 255).round().to(torch.uint8)
+    elif x.dtype != torch.uint8:
+        if x.min() < 0 or x.max() > 255:
+            raise GenlabError(f"{source}: integer images must lie in 0..255")
+        x = x.to(torch.uint8)
+    if tuple(x.shape[1:]) != tuple(shape):
+        if not resize:
+            raise GenlabError(f"{source}: images are {'x'.join(map(str, x.shape[1:]))} (CxHxW) but the "
+                              f"dataset's are {'x'.join(map(str, shape))}; pass --resize to convert them")
+        x = resize_images(x, shape)
+    return x
+
+
+def resize_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    c, h, w = shape
+    f = x.float()
+    if f.shape[1] == 3 and c == 1:  # ITU-R 601-2 luma, as PIL's convert("L")
+        f = (f * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif f.shape[1] == 1 and c == 3:
+        f = f.expand(-1, 3, -1, -1)
+    elif f.shape[1] != c:
+        raise GenlabError(f"cannot convert {f.shape[1]} channels to {c}")
+    if f.shape[-2:] != (h, w):
+        f = torch.nn.functional.interpolate(f, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return f.round().clamp(0, 255).to(torch.uint8)
+
+
+def load_samples_file(path: str | Path, channels: int) -> torch.Tensor:
+    """Images from an .npz (array `images`) or a folder of PNG/JPEG files."""
+    import numpy as np
+
+    path = Path(path)
+    if path.is_dir():
+        return _load_png_folder(path, channels)
+    if not path.is_file():
+        raise GenlabError(f"samples file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise GenlabError(f"samples file {path} is empty; generate the samples again")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "images" not in archive.files:
+                raise GenlabError(f"{path} has no array named `images` (it has: {', '.join(archive.files) or 'none'}); "
+                                  "save the samples as np.savez(path, images=array)")
+            return torch.from_numpy(archive["images"].copy())
+    except (OSError, ValueError, EOFError) as err:
+        raise GenlabError(f"{path} is not a readable .npz file ({err}); save samples with numpy.savez") from None
+
+
+def _load_png_folder(folder: Path, channels: int) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    if not files:
+        raise GenlabError(f"samples folder {folder} holds no PNG/JPEG images")
+    arrays = []
+    for p in files:
+        try:
+            with Image.open(p) as img:
+                arrays.append(np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8))
+        except (UnidentifiedImageError, OSError) as err:
+            raise GenlabError(f"{p} is not a readable image ({err})") from None
+    if len({a.shape for a in arrays}) > 1:
+        raise GenlabError(f"images in {folder} have different sizes; make them one size")
+    stacked = torch.from_numpy(np.stack(arrays))
+    return stacked.unsqueeze(1) if channels == 1 else stacked.permute(0, 3, 1, 2)

@@ -1,1 +1,0 @@
-"""The training loop, run folders and checkpoints."""

@@ -1,0 +1,304 @@
+"""What happens around the training step, one concern per callback.
+
+A callback may implement any of:
+
+    on_start(trainer)            before the first step of this session
+    stop_reason(trainer) -> str  asked before every step; non-empty ends the loop (budgets, signals)
+    on_step(trainer, logs)       after every step (trainer.state is already counted)
+    on_end(trainer, status)      once, however the loop ended: finished, interrupted or diverged
+    state_dict() / load_state_dict(state)   what an exact resume needs (kept in the checkpoint)
+
+They run in the order the Trainer was given them; the checkpoint comes last, so that it holds
+what the others did in the same step.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+import torch
+
+from genlab.config import TrainConfig
+from genlab.core import distributed
+from genlab.core.images import save_grid
+from genlab.core.run import Run
+from genlab.models.diagnosis import Diagnostics
+
+
+class Callback:
+    """The base: every hook does nothing."""
+
+    name = "callback"
+
+    def on_start(self, trainer) -> None: ...
+
+    def stop_reason(self, trainer) -> str:
+        return ""
+
+    def on_step(self, trainer, logs: dict[str, float]) -> None: ...
+
+    def on_end(self, trainer, status: str) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# ---------------------------------------------------------------- when to stop
+
+def budget_reached(state, cfg: TrainConfig) -> str:
+    """The budget that has run out ('' while training should go on)."""
+    if cfg.steps is not None and state.step >= cfg.steps:
+        return f"{cfg.steps} steps"
+    if cfg.minutes is not None and state.seconds >= cfg.minutes * 60:
+        return f"{cfg.minutes:g} minutes"
+    if cfg.epochs is not None and state.epoch >= cfg.epochs:
+        return f"{cfg.epochs} epochs"
+    return ""
+
+
+class Budget(Callback):
+    """Steps, epochs and minutes: the first one spent ends training. Asked before each step, so a
+    run resumed from its final checkpoint takes no step more."""
+
+    name = "budget"
+
+    def stop_reason(self, trainer) -> str:
+        return budget_reached(trainer.state, trainer.cfg)
+
+
+class Signals(Callback):
+    """The first Ctrl-C or SIGTERM asks the loop to stop after the current step (so a checkpoint
+    never holds half a step); a second one aborts at once."""
+
+    name = "signals"
+
+    def __init__(self):
+        self.requested = False
+        self.previous: dict = {}
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ngenlab: stopping after this step and saving a checkpoint (again to abort)", file=sys.stderr)
+
+    def on_start(self, trainer) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self)
+
+    def stop_reason(self, trainer) -> str:
+        return "interrupted" if self.requested else ""
+
+    def on_end(self, trainer, status: str) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+# ---------------------------------------------------------------- the record
+
+class Logger(Callback):
+    """log.jsonl lines (averages over the last `log_every` steps), the progress bar, and one line
+    per epoch for logs that are not a terminal. Numbers are summed each step and divided only when a
+    line is written."""
+
+    name = "logger"
+
+    def __init__(self, run: Run, cfg: TrainConfig, total_steps: int | None):
+        from tqdm import tqdm
+
+        self.run, self.cfg = run, cfg
+        self.history: list[dict] = []  # every line written, for the loss curve
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.window_images = 0
+        self.window_start = time.monotonic()
+        self.window_excluded = 0.0
+        self.listeners: list = []  # called with each line written (TensorBoard)
+        # a bar only on a terminal; logs (CI, nohup) get the one line per epoch
+        self.bar = tqdm(total=total_steps, disable=not (cfg.progress and sys.stderr.isatty()),
+                        unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums, "counts": self.counts, "window_images": self.window_images}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+        self.window_images = state["window_images"]
+        self.history = self.run.read_lines(Run.LOG)
+
+    def on_start(self, trainer) -> None:
+        self.window_start, self.window_excluded = time.monotonic(), trainer.excluded_seconds
+
+    def say(self, text: str) -> None:
+        self.bar.write(text, file=sys.stderr)
+
+    def on_step(self, trainer, logs: dict[str, float]) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.window_images += trainer.cfg.batch_size
+        self.bar.update(1)
+        state = trainer.state
+        if state.step % self.cfg.log_every == 0:
+            self.flush(trainer)
+        if state.step % trainer.per_epoch == 0:
+            last = self.history[-1] if self.history else {}
+            self.say(f"epoch {state.epoch}: step {state.step}, " + ", ".join(
+                f"{k} {v:.0f}" if k == "img_per_s" else f"{k} {v:.3f}"
+                for k, v in last.items() if k not in ("step", "epoch", "images", "time")))
+
+    def flush(self, trainer) -> None:
+        if not self.counts:
+            return
+        state, now = trainer.state, time.monotonic()
+        training = now - self.window_start - (trainer.excluded_seconds - self.window_excluded)  # not evaluation
+        line = {"step": state.step, "epoch": trainer.epoch_of(state.step), "images": state.images_seen,
+                "time": round(state.seconds, 3), "img_per_s": round(self.window_images / max(training, 1e-9), 1),
+                **{k: self.sums[k] / self.counts[k] for k in self.sums}}
+        if state.skipped:
+            line["skipped"] = state.skipped
+        self.history.append(line)
+        self.run.append(Run.LOG, line)
+        for listener in self.listeners:
+            listener(line)
+        shown = {k: f"{v:.0f}" if k == "img_per_s" else f"{v:.3g}"
+                 for k, v in line.items() if k not in ("step", "images", "time")}
+        self.bar.set_postfix(shown, refresh=False)
+        self.sums, self.counts, self.window_images = {}, {}, 0
+        self.window_start, self.window_excluded = now, trainer.excluded_seconds
+
+    def on_end(self, trainer, status: str) -> None:
+        self.flush(trainer)
+        self.bar.close()
+
+
+class Grids(Callback):
+    """A grid from the same noise after every `grid_every` epochs (and where a run stopped mid-epoch),
+    so epochs can be compared image by image; for a conditional model one column per class."""
+
+    name = "grids"
+
+    def __init__(self, run: Run, cfg: TrainConfig):
+        self.run, self.cfg = run, cfg
+
+    def draw(self, model, name: str) -> None:
+        fixed = torch.Generator().manual_seed(self.cfg.seed)
+        k = model.conditional_classes
+        n, nrow = (k * -(-self.cfg.grid_size // k), k) if k else (self.cfg.grid_size, None)
+        save_grid(model.sample(n, generator=fixed), self.run / Run.SAMPLES / f"{name}.png", nrow=nrow)
+
+    def on_step(self, trainer, logs) -> None:
+        state = trainer.state
+        if state.step % trainer.per_epoch == 0 and state.epoch % self.cfg.grid_every == 0:
+            self.draw(trainer.model, f"epoch_{state.epoch:03d}")
+
+    def on_end(self, trainer, status: str) -> None:
+        if trainer.state.step % trainer.per_epoch:
+            self.draw(trainer.model, "final")  # stopped mid-epoch: still show where it got to
+
+
+class Evaluation(Callback):
+    """Every `eval_every` steps: score the model, write metrics.jsonl, and keep its state as
+    best.safetensors when its FID is the lowest yet. Its time is not counted in img/s."""
+
+    name = "evaluation"
+
+    def __init__(self, run: Run, every: int, scorer, say):
+        self.run, self.every, self.scorer, self.say = run, every, scorer, say
+        self.best_fid = float("inf")
+        self.last_scores: dict | None = None
+        self.listeners: list = []  # called with (step, scores) (TensorBoard)
+
+    def state_dict(self) -> dict:
+        return {"best_fid": self.best_fid}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_fid = state["best_fid"]
+
+    def on_step(self, trainer, logs) -> None:
+        step = trainer.state.step
+        if step % self.every:
+            return
+        from genlab.core.checkpoint import save_state
+
+        started = time.monotonic()
+        values = self.scorer(trainer.model)
+        self.last_scores = values
+        self.run.append(Run.METRICS, {"step": step, "epoch": trainer.epoch_of(step), **values})
+        self.say(f"step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in values.items()))
+        for listener in self.listeners:
+            listener(step, values)
+        if values["fid"] < self.best_fid:
+            self.best_fid = values["fid"]
+            save_state(self.run / Run.BEST, trainer.model.state_dict(), {"step": str(step), "fid": repr(values["fid"])})
+        trainer.excluded_seconds += time.monotonic() - started
+
+
+class Diagnosing(Callback):
+    """Watch every step's logs, probe every `every` steps, and say each failure once as it starts
+    (diagnostics.jsonl and the terminal). Which failures are watched is the family's business."""
+
+    name = "diagnostics"
+
+    def __init__(self, run: Run, diagnostics: Diagnostics, every: int, say, evaluation: Evaluation | None):
+        self.run, self.diagnostics, self.every, self.say = run, diagnostics, every, say
+        self.evaluation = evaluation
+        self.listeners: list = []  # called with each diagnosis (TensorBoard)
+
+    def on_step(self, trainer, logs) -> None:
+        step = trainer.state.step
+        found = self.diagnostics.observe(step, logs)
+        if step % self.every == 0:
+            scores = self.evaluation.last_scores if self.evaluation else None
+            found += self.diagnostics.probe(step, scores)
+        for d in found:
+            self.run.append(Run.DIAGNOSES, d.to_json())
+            self.say(f"diagnosis at step {d.step}: {d.sentence}")
+            for listener in self.listeners:
+                listener(d)
+
+
+class Checkpoints(Callback):
+    """A resumable checkpoint every `checkpoint_every` steps and where the loop stopped (unless it
+    diverged: the last good checkpoint is kept). Written by the first rank only."""
+
+    name = "checkpoints"
+
+    def __init__(self, run: Run | None, cfg: TrainConfig, is_main: bool):
+        self.run, self.cfg, self.is_main = run, cfg, is_main
+        self.saved_step: int | None = None
+
+    def save(self, trainer) -> None:
+        if self.is_main:
+            self.run.save_checkpoint(trainer.state.step, trainer.checkpoint(), self.cfg.keep_checkpoints)
+        self.saved_step = trainer.state.step
+
+    def on_start(self, trainer) -> None:
+        if trainer.resumed_from is not None:
+            self.saved_step = trainer.resumed_from  # its checkpoint exists already
+
+    def on_step(self, trainer, logs) -> None:
+        every = self.cfg.checkpoint_every
+        if every and trainer.state.step % every == 0:
+            self.save(trainer)
+
+    def on_end(self, trainer, status: str) -> None:
+        if status != "diverged" and self.saved_step != trainer.state.step:
+            self.save(trainer)
+
+
+def all_ranks_stop(reasons: list[str], ranks, device) -> str:
+    """The reason to stop, agreed by every rank (a rank that stops alone would leave the others
+    waiting in the next all-reduce)."""
+    reason = next((r for r in reasons if r), "")
+    if distributed.any_rank(bool(reason), ranks, device) and not reason:
+        reason = "stopped by another rank"
+    return reason
