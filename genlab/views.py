@@ -18,7 +18,7 @@ import torch
 
 from genlab.core.images import save_grid
 from genlab.metrics.scores import slerp
-from genlab.models.common import to_uint8
+from genlab.models.common import balanced_labels, to_uint8
 from genlab.models.protocols import Encoder, LatentSpace, OwnViews
 
 MAX_TRAVERSAL_DIMS = 16  # traversals are drawn for latents up to this size
@@ -27,7 +27,7 @@ STEPS = 10  # frames of an interpolation
 
 def _labels(model, n: int):
     k = model.conditional_classes
-    return {"labels": torch.arange(n) % k} if k else {}
+    return {"labels": balanced_labels(n, k)} if k else {}
 
 
 def latent_interpolation(model, rows: int = 8, seed: int = 0) -> tuple[torch.Tensor, int]:

@@ -35,8 +35,8 @@ def png_bytes(array: np.ndarray, scale: int = 1) -> bytes:
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    img.save(buf, format="PNG", compress_level=1)  # 5x faster than zlib's default 6 for 9% more bytes (a
+    return buf.getvalue()                           # grid every epoch: 18 -> 3.5 ms measured on 2 CPU cores)
 
 
 def save_png(array: np.ndarray, path: str | Path, scale: int = 1) -> None:

@@ -39,18 +39,28 @@ class History:
 
     def __init__(self):
         self.recent: dict[str, deque] = {}
+        self.sums: dict[str, float] = {}  # of each window, kept as values come and go (a step costs O(keys))
         self.log_mean: dict[str, float] = {}
         self.steps = 0
 
     def push(self, logs: dict[str, float]) -> None:
         self.steps += 1
         for key, value in logs.items():
-            self.recent.setdefault(key, deque(maxlen=WINDOW)).append(value)
+            window = self.recent.get(key)
+            if window is None:
+                window = self.recent[key] = deque(maxlen=WINDOW)
+                self.sums[key] = 0.0
+            if len(window) == WINDOW:
+                self.sums[key] -= window[0]
+            window.append(value)
+            self.sums[key] += value
+        if self.steps % WINDOW == 0:  # exact again once a window, so rounding cannot drift
+            self.sums = {k: sum(w) for k, w in self.recent.items()}
 
     def mean(self, key: str) -> float | None:
         """The mean over the last WINDOW steps (None until there are that many)."""
         values = self.recent.get(key)
-        return sum(values) / len(values) if values and len(values) == WINDOW else None
+        return self.sums[key] / WINDOW if values and len(values) == WINDOW else None
 
     def grad_keys(self) -> list[str]:
         return [k for k in self.recent if k.startswith("grad_norm")]

@@ -123,16 +123,16 @@ def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, label
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
 
-def d_accuracy(d_real: torch.Tensor, d_fake: torch.Tensor, kind: str) -> float:
+def d_accuracy(d_real: torch.Tensor, d_fake: torch.Tensor, kind: str) -> torch.Tensor:
     """How often D tells real from fake (threshold 0 on logits, 0.5 for least squares, the midpoint
     of the two means for WGAN's unbounded critic): near 1 means D is winning outright."""
     if kind == "least-squares":
         t = 0.5
     elif kind == "wgan-gp":
-        t = float((d_real.mean() + d_fake.mean()).detach() / 2)
+        t = (d_real.mean() + d_fake.mean()).detach() / 2
     else:
         t = 0.0
-    return float(((d_real > t).float().mean() + (d_fake <= t).float().mean()) / 2)
+    return ((d_real > t).float().mean() + (d_fake <= t).float().mean()) / 2
 
 
 @dataclass
@@ -209,9 +209,10 @@ class Gan:
         rt.step(self.opt_D)
         probabilities = kind in ("non-saturating", "minimax")
         show = torch.sigmoid if probabilities else (lambda t: t)
-        return {"loss_d": loss.item(), "d_real": show(d_real).mean().item(),  # D(x)
-                "d_fake": show(d_fake).mean().item(),  # D(G(z)), before D's update
-                "d_acc": d_accuracy(d_real, d_fake, kind), "grad_norm_d": grad}
+        with torch.no_grad():  # D(x), D(G(z)) before D's update, and how often D is right: one conversion
+            loss_d, d_x, d_gz, acc = torch.stack([loss.detach(), show(d_real).mean(), show(d_fake).mean(),
+                                                  d_accuracy(d_real, d_fake, kind)]).tolist()
+        return {"loss_d": loss_d, "d_real": d_x, "d_fake": d_gz, "d_acc": acc, "grad_norm_d": grad}
 
     def _update_g(self, fake, labels) -> dict[str, float]:
         rt = self.rt

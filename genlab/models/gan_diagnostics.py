@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from genlab.models.common import balanced_labels
 from genlab.models.diagnosis import WINDOW, Diagnosis, History, Watch
 
 WARMUP = 1000  # steps before the probes judge
@@ -119,7 +120,7 @@ class GanWatch(Watch):
         Scale-free, so it reads the same for every loss."""
         gen = torch.Generator().manual_seed(self.seed + 2)
         k = self.model.conditional_classes
-        fake_labels = torch.arange(len(self.train[0])) % k if k else None
+        fake_labels = balanced_labels(len(self.train[0]), k) if k else None
         fakes = self.model.sample(len(self.train[0]), labels=fake_labels, generator=gen, averaged=False)
         on_train = float(self.model.discriminate(*self.train).mean())
         on_heldout = float(self.model.discriminate(*self.heldout).mean())
