@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.genlab-installed
 RUN ?= runs/tutorial-gan-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test env clean
+.PHONY: demo test env clean emoji
 
 env: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# the colour dataset `emoji`: the npm package emoji-datasource-twitter, into genlab's cache
+EMOJI_DIR ?= $(or $(GENLAB_CACHE),$(HOME)/.cache/genlab)/datasets/emoji
+emoji:
+	mkdir -p $(EMOJI_DIR) && cd $(EMOJI_DIR) && npm pack emoji-datasource-twitter@16.0.0
 
 clean:
 	rm -rf $(VENV) runs

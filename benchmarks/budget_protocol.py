@@ -19,7 +19,7 @@ def genlab(*args: str) -> None:
 def run_recipe(dataset: str, label: str, config: str, minutes: float, out_root: Path, n: int = 10_000,
                extra: tuple[str, ...] = ()) -> dict:
     """Train `config` on `dataset` for `minutes`, evaluate `n` samples; one row of the table."""
-    out = out_root / f"{dataset}-{label}"
+    out = out_root / f"{dataset}-{label}".replace(" ", "-")
     genlab("train", "--config", config, "--dataset", dataset, "--minutes", str(minutes), "--out", str(out),
            "--overwrite", "--no-progress", "--checkpoint-every", "1000000", *extra)
     genlab("eval", str(out), "--n", str(n), "--json", str(out / "eval.json"))
@@ -29,21 +29,32 @@ def run_recipe(dataset: str, label: str, config: str, minutes: float, out_root: 
             "img_per_s": meta["img_per_s"], "minutes": meta["seconds"] / 60, "features": result["features"],
             **{k: v["value"] for k, v in result["metrics"].items()},
             "fid_floor": result["metrics"]["fid"]["floor"], "recall_floor": result["metrics"]["recall"]["floor"],
+            "fid_heldout_floor": result["metrics"].get("fid_heldout", {}).get("floor"),
+            "recall_heldout_floor": result["metrics"].get("recall_heldout", {}).get("floor"),
+            "extra": " ".join(extra),
             "likelihood_convention": result.get("likelihood_convention")}
 
 
 def table(rows: list[dict], note: str) -> str:
-    """Markdown table of rows (FID, KID, IS, precision, recall, coverage, classes, NLL, img/s)."""
+    """Markdown table of rows: the training-split view (FID, KID, IS, precision, recall, coverage,
+    classes) and the held-out view (FID and recall against held-out images, beside their floors,
+    and the data-copying statistic C_T), NLL and img/s."""
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
     head = ("| dataset | recipe | model | steps | img/s | FID | KID | IS | precision | recall | coverage | "
-            "classes | class TV | NLL nats | bits/dim | FID floor |")
+            "classes | class TV | FID floor | FID held-out (floor) | recall held-out (floor) | copying C_T | NLL nats | "
+            "bits/dim |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        nll = f"{r['nll_nats']:.1f}" if r.get("nll_nats") is not None else "-"
-        bpd = f"{r['bits_per_dim']:.3f}" if r.get("bits_per_dim") is not None else "-"
-        lines.append(f"| {r['dataset']} | {r['recipe']} ({r['config'].split('/')[-1]}) | {r['model']} | {r['steps']} | "
-                     f"{r['img_per_s']:.0f} | {r['fid']:.1f} | {r['kid']:.3g} | {r['is']:.2f} | {r['precision']:.3f} | "
-                     f"{r['recall']:.3f} | {r['coverage']:.3f} | {r['classes_found']} | {r['class_tv']:.3f} | "
-                     f"{nll} | {bpd} | {r['fid_floor']:.2f} |")
+        extra = f", {r['extra']}" if r.get("extra") else ""
+        lines.append(f"| {r['dataset']} | {r['recipe']} ({r['config'].split('/')[-1]}{extra}) | {r['model']} | "
+                     f"{r['steps']} | {r['img_per_s']:.0f} | {r['fid']:.1f} | {r['kid']:.3g} | {f(r.get('is'), '.2f')} | "
+                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['coverage']:.3f} | {r.get('classes_found', '-')} | "
+                     f"{f(r.get('class_tv'), '.3f')} | {r['fid_floor']:.2f} | {f(r.get('fid_heldout'), '.1f')} "
+                     f"({f(r.get('fid_heldout_floor'), '.1f')}) | {f(r.get('recall_heldout'), '.3f')} "
+                     f"({f(r.get('recall_heldout_floor'), '.3f')}) | {f(r.get('data_copying'), '.2f')} | "
+                     f"{f(r.get('nll_nats'), '.1f')} | {f(r.get('bits_per_dim'), '.3f')} |")
     conventions = sorted({f"{r['model']} on {r['dataset']}: {r['likelihood_convention']}" for r in rows
                           if r.get("likelihood_convention")})
     return "\n".join(lines + ["", note, "", *[f"- likelihood, {c}" for c in conventions], ""])

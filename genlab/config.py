@@ -79,13 +79,20 @@ class DataConfig:
     """What to train on."""
 
     dataset: str = option("mnist-sample", "dataset name (listed at the end of `genlab train --help`)")
-    data_dir: str | None = option(None, "folder with the dataset's files (IDX files, CIFAR-10 binaries, images)")
+    data_dir: str | None = option(None, "folder with the dataset's files (IDX files, CIFAR-10 binaries, images, "
+                                  "the emoji tarball)")
     split: str = option("train", "which split to train on", choices=("train", "test"))
-    image_size: int = option(28, "side in pixels that images are resized to (folder, emoji)")
+    image_size: int | None = option(None, "side in pixels images are resized to, e.g. 28, 32 or 64 (default: the "
+                                    "dataset's own; 28 for a folder)")
+    channels: str = option("auto", "1 (grey) or 3 (colour); auto: the dataset's own (a folder: 3 when any image "
+                           "has colour)", choices=CHANNELS)
+    background: str = option("white", "what transparent pixels are painted on", choices=("white", "black"))
+    crop: bool = option(False, "crop a folder's images to their centred square before resizing (default: "
+                        "squeeze them)")
     limit: int | None = option(None, "use a fixed random subset of N images of the split (quick trials)")
 
     def validate(self) -> None:
-        if self.image_size <= 0:
+        if self.image_size is not None and self.image_size <= 0:
             raise GenlabError(f"image_size must be positive, got {self.image_size}")
         if self.limit is not None and self.limit <= 0:
             raise GenlabError(f"limit must be a positive number of images, got {self.limit}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genlab.config import REQUIRED, RunConfig, option
+from genlab.config import CHANNELS, REQUIRED, RunConfig, option
 from genlab.core.checkpoint import load_into, load_state
 from genlab.core.images import save_png
 from genlab.core.run import Run
@@ -34,6 +34,8 @@ class SampleOptions:
     labels: str | None = option(None, "classes for a conditional model, e.g. 0,1,2 (repeated to fill --n; "
                                 "default: all classes in turn)")
     weights: str = option(Run.WEIGHTS, "which weights of the run: model.safetensors (final) or best.safetensors")
+    channels: str = option("auto", "the channels you expect (a run trained on another count is refused)",
+                           choices=CHANNELS)
     options: list[str] = option([], "a sampling option of the model's family, NAME=VALUE, e.g. temperature=0.8, "
                                 "top_k=4, steps=25, guidance=3 (repeatable; an unknown name lists the family's)",
                                 flag="--option")
@@ -65,6 +67,10 @@ class SampleOptions:
 def sample_command(opts: SampleOptions) -> tuple[Path, int]:
     """Do what `genlab sample` is asked: (where the images went, how many)."""
     model = load(opts.run, weights=opts.weights)
+    trained_on = model.family.image_shape[0]
+    if opts.channels != "auto" and int(opts.channels) != trained_on:
+        raise GenlabError(f"--channels {opts.channels}: run {opts.run} was trained on {trained_on}-channel images and "
+                          "samples them; leave out --channels, or train a run on the channels you want")
     labels = labels_for(model.family, opts.n, opts.wanted_labels())
     images = sample_from(model.family, opts.n, seed=opts.seed, batch_size=opts.batch_size, labels=labels,
                          options=opts.sampling_options())
@@ -125,9 +131,10 @@ def sample_run(run_dir: str | Path, n: int, seed: int = 0, labels=None,
     return load(run_dir).sample(n, seed=seed, labels=labels, batch_size=batch_size)
 
 
-def labels_for(model, n: int, wanted=None) -> torch.Tensor | None:
-    """The labels of `n` samples: `wanted` repeated to fill n, or balanced classes 0..K-1 for a
-    conditional model; None for an unconditional one (which refuses labels)."""
+def labels_for(model, n: int, wanted=None, proportions: list[int] | None = None) -> torch.Tensor | None:
+    """The labels of `n` samples: `wanted` repeated to fill n, or for a conditional model classes in
+    `proportions` (the training data's class counts: evaluation compares with data of that mix) or
+    else balanced; None for an unconditional one (which refuses labels)."""
     k = model.conditional_classes
     if not k:
         if wanted is not None and len(wanted):
@@ -135,6 +142,8 @@ def labels_for(model, n: int, wanted=None) -> torch.Tensor | None:
                               "(train with --conditional for class control)")
         return None
     if wanted is None or not len(wanted):
+        if proportions and len(proportions) == k:
+            return common.proportional_labels(n, list(proportions))
         return common.balanced_labels(n, k)
     wanted = torch.as_tensor(list(wanted), dtype=torch.int64)
     if wanted.min() < 0 or wanted.max() >= k:

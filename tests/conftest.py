@@ -50,3 +50,32 @@ def random_images(n=10, c=1, h=28, w=28, seed=0) -> np.ndarray:
 
 def weights_of(model) -> dict[str, torch.Tensor]:
     return {f"{net}.{k}": v.clone() for net in ("G", "D") for k, v in getattr(model, net).state_dict().items()}
+
+
+def write_colour_folder(root, n=40, size=40, classes=("squares", "discs"), seed=0):
+    """`n` small pictures a test can train on: a coloured square or disc on a transparent background
+    (RGBA), one subfolder per class (no subfolders when `classes` is empty), a few in RGB and in
+    palette mode so that the folder mixes colour modes."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        kind = i % max(len(classes), 1)
+        rgba = np.zeros((size, size, 4), np.uint8)
+        r, cy, cx = rng.integers(size // 6, size // 3), rng.integers(size // 3, 2 * size // 3, 2)[0], \
+            rng.integers(size // 3, 2 * size // 3)
+        inside = (np.abs(yy - cy) < r) & (np.abs(xx - cx) < r) if kind == 0 else (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        rgba[inside] = [*rng.integers(0, 256, 3), 255]
+        folder = root / classes[kind] if classes else root
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(rgba, "RGBA")
+        if i % 7 == 3:
+            image = image.convert("RGB")
+        elif i % 7 == 5:
+            image = image.convert("P")
+        image.save(folder / f"{i:03d}.png")
+    return root

@@ -156,3 +156,35 @@ def test_unknown_gan_options_are_refused(tmp_path, capsys):
     assert done.returncode == 2 and "invalid choice: 'wasserstein'" in done.stderr and "hinge" in done.stderr
     code, err = bad(capsys, "train", "--augment", "rotate", "--out", tmp_path / "r")
     assert code == 2 and "unknown augmentation rotate" in err
+
+
+def one_line(capsys, *argv):
+    code, err = bad(capsys, *argv)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_your_own_images_bad_input(tmp_path, capsys):
+    from tests.conftest import write_colour_folder
+    from tests.data.test_cifar import records
+
+    pictures = write_colour_folder(tmp_path / "p", n=12)
+    err = one_line(capsys, "train", "--model", "dcgan", "--dataset", "folder", "--data-dir", pictures,
+                   "--image-size", "30", "--batch-size", "4", "--out", tmp_path / "r")
+    assert "dcgan needs square images with a side divisible by 4 (28, 32, 64), got 30x30" in err
+    (pictures / "squares" / "broken.png").write_bytes(b"\x89PNG garbage")
+    err = one_line(capsys, "train", "--dataset", "folder", "--data-dir", pictures, "--out", tmp_path / "r")
+    assert "broken.png is not a readable image" in err
+    (pictures / "squares" / "broken.png").unlink()
+    cifar_dir = tmp_path / "c"
+    cifar_dir.mkdir()
+    (cifar_dir / "test_batch.bin").write_bytes(records(2)[0] + b"xx")
+    err = one_line(capsys, "train", "--dataset", "cifar10", "--data-dir", cifar_dir, "--split", "test",
+                   "--out", tmp_path / "r")
+    assert "not a multiple of 3,073" in err
+    assert main(["train", "--dataset", "folder", "--data-dir", str(pictures), "--image-size", "32", "--steps", "1",
+                 "--batch-size", "4", "--no-progress", "--out", str(tmp_path / "colour")]) == 0
+    err = one_line(capsys, "sample", tmp_path / "colour", "--channels", "1", "--out", tmp_path / "s.npz")
+    assert "--channels 1: run" in err and "was trained on 3-channel images" in err
+    err = one_line(capsys, "eval", tmp_path / "colour", "--channels", "1")
+    assert "was trained on 3-channel images" in err

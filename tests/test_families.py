@@ -2,6 +2,7 @@
 tiny config, leave its views, sample deterministically, and resume to the same bits."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -77,3 +78,24 @@ def test_family_resumes_to_the_same_bits(name, tmp_path):
     whole, split = flat_state(tmp_path / "whole"), flat_state(tmp_path / "split")
     assert whole.keys() == split.keys()
     assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory):
+    from tests.conftest import write_colour_folder
+
+    return write_colour_folder(tmp_path_factory.mktemp("colour") / "pictures", n=40)
+
+
+@pytest.mark.parametrize("side", [32, 64])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_family_trains_and_samples_in_colour(name, side, colour_folder, tmp_path):
+    slow = name == "transformer" and side == 64  # 12,288 tokens an image: one step of two images
+    run = tmp_path / "run"
+    assert main(["train", "--model", name, "--dataset", "folder", "--data-dir", str(colour_folder),
+                 "--image-size", str(side), "--steps", "1" if slow else "3", "--batch-size", "2" if slow else "8",
+                 "--no-progress", "--device", "cpu", "--grid-size", "2", "--out", str(run), *SMALL[name]]) == 0
+    assert json.loads((run / "run.json").read_text())["image_shape"] == [3, side, side]
+    assert main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "s.npz")]) == 0
+    images = np.load(tmp_path / "s.npz")["images"]
+    assert images.shape == (2, 3, side, side) and images.dtype == np.uint8

@@ -1,11 +1,21 @@
-"""Datasets by name: a registry from name to loader, and `load_dataset(DataConfig) -> ImageSet`."""
+"""Datasets by name: a registry from name to loader, and `load_dataset(DataConfig) -> ImageSet`.
+
+A loader returns the dataset at its own size and channels (a folder: at the size asked, with the
+channels its images have); `load_dataset` then applies the config's --image-size and --channels
+with the one resize of genlab.data.convert, so every dataset can be had at 28, 32 or 64 pixels,
+grey or in colour.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 from genlab.config import DataConfig
+from genlab.data.cifar import load_cifar10
+from genlab.data.convert import resize, to_channels
+from genlab.data.emoji import load_emoji
 from genlab.data.imageset import ImageSet
 from genlab.data.sources import load_fashion_mnist, load_folder, load_mnist, load_mnist_sample
 from genlab.errors import GenlabError
@@ -15,18 +25,20 @@ from genlab.errors import GenlabError
 class DatasetEntry:
     loader: Callable[[DataConfig], ImageSet]
     description: str
+    has_test_split: bool = True  # a dataset without one is held out by `split_reference` (a fifth)
 
 
 DATASETS: dict[str, DatasetEntry] = {}
 
 
-def register_dataset(name: str, loader: Callable[[DataConfig], ImageSet], description: str) -> None:
+def register_dataset(name: str, loader: Callable[[DataConfig], ImageSet], description: str,
+                     has_test_split: bool = True) -> None:
     """Add a dataset source under `name`; names are unique, loaders callable."""
     if not name or name in DATASETS:
         raise ValueError(f"dataset name {name!r} is empty or already registered")
     if not callable(loader):
         raise TypeError(f"loader for dataset {name!r} is not callable")
-    DATASETS[name] = DatasetEntry(loader, description)
+    DATASETS[name] = DatasetEntry(loader, description, has_test_split)
 
 
 register_dataset("mnist-sample", load_mnist_sample,
@@ -34,27 +46,44 @@ register_dataset("mnist-sample", load_mnist_sample,
 register_dataset("mnist", load_mnist, "MNIST IDX files from --data-dir, the cache, or a download")
 register_dataset("fashion-mnist", load_fashion_mnist,
                  "Fashion-MNIST IDX files from --data-dir, /usr/share/datasets, or a download")
-register_dataset("folder", load_folder, "PNG/JPEG images in --data-dir, greyscale, resized")
+register_dataset("folder", load_folder, "your images in --data-dir (PNG, JPEG, ...), colour kept, resized; "
+                 "one subfolder per class gives labels; a fixed fifth held out")
+register_dataset("cifar10", load_cifar10, "CIFAR-10, 3x32x32, from the binary version in --data-dir "
+                 "(cifar-10-binary.tar.gz or its .bin files)")
+register_dataset("emoji", load_emoji, "3,781 Twemoji in 9 categories, 64x64 colour, from the npm package "
+                 "emoji-datasource-twitter (offline once installed)")
 
 
 def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
+def with_split(cfg: DataConfig, split: str) -> DataConfig:
+    """The same data settings for another split (and all of it: no --limit)."""
+    return dataclasses.replace(cfg, split=split, limit=None)
+
+
 def load_dataset(cfg: DataConfig) -> ImageSet:
-    """The `ImageSet` that `cfg` names, limited to `cfg.limit` images when set."""
+    """The `ImageSet` that `cfg` names, at its --image-size and --channels, limited to `cfg.limit`."""
     if cfg.dataset not in DATASETS:
         raise GenlabError(f"unknown dataset {cfg.dataset!r}; known datasets: {', '.join(DATASETS)}")
     data = DATASETS[cfg.dataset].loader(cfg)
+    images = data.images
+    if cfg.channels != "auto":
+        images = to_channels(images, int(cfg.channels))
+    if cfg.image_size is not None:
+        images = resize(images, cfg.image_size)
+    if images is not data.images:
+        data = ImageSet(images, data.labels, data.name, data.class_names)
     return data.subset(cfg.limit) if cfg.limit is not None else data
 
 
 def load_heldout(cfg: DataConfig) -> ImageSet | None:
     """The test split of `cfg`'s dataset, or None for a dataset without one (a folder of images)."""
-    test_cfg = DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, split="test", image_size=cfg.image_size)
-    if cfg.dataset == "folder":
+    if cfg.dataset in DATASETS and not DATASETS[cfg.dataset].has_test_split:
         return None
-    return load_dataset(test_cfg)
+    return load_dataset(with_split(cfg, "test"))
 
 
-__all__ = ["load_heldout", "DATASETS", "DatasetEntry", "ImageSet", "dataset_names", "load_dataset", "register_dataset"]
+__all__ = ["load_heldout", "DATASETS", "DatasetEntry", "ImageSet", "dataset_names", "load_dataset",
+           "register_dataset", "with_split"]

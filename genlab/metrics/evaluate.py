@@ -11,22 +11,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from genlab.config import DataConfig, option
+from genlab.config import CHANNELS, DataConfig, option
 from genlab.core.run import Run
+from genlab.data import load_dataset, with_split
+from genlab.data.convert import FILTER
 from genlab.errors import GenlabError
-from genlab.generate import load_run, sample_from
+from genlab.generate import labels_for, load_run, sample_from
+from genlab.metrics.contrastive import get_contrastive_extractor
 from genlab.metrics.features import Extractor, get_extractor, load_extractor
 from genlab.metrics.model_metrics import likelihood, ppl
-from genlab.metrics.reference import get_reference, real_floor, score_features, split_reference
+from genlab.metrics.reference import copying, get_reference, real_floor, score_features, split_reference
 from genlab.metrics.samples import load_samples_file, prepare_samples
+from genlab.metrics.torchscript import load_torchscript
 from genlab.models.protocols import Likelihood
 
 # metric -> which way is better (shown in the table)
 BETTER = {"fid": "lower", "kid": "lower", "is": "higher", "precision": "higher", "recall": "higher",
           "density": "near 1", "coverage": "higher", "classes_found": "higher", "class_tv": "lower",
-          "ppl": "lower", "nll_nats": "lower", "bits_per_dim": "lower",
+          "fid_heldout": "lower", "precision_heldout": "higher", "recall_heldout": "higher",
+          "data_copying": "near 0 (below: copying)", "ppl": "lower", "nll_nats": "lower", "bits_per_dim": "lower",
           "neg_elbo_nats": "lower"}
-TRAINING_METRICS = ("fid", "kid", "is", "precision", "recall", "density", "coverage", "classes_found", "class_tv")
+COPYING_P = 0.01  # below: the samples sit closer to the training images than unseen real images do
+TRAINING_METRICS = ("fid", "kid", "is", "precision", "recall", "density", "coverage", "classes_found", "class_tv",
+                    "fid_heldout", "recall_heldout")
 
 
 @dataclass
@@ -37,10 +44,14 @@ class EvalOptions:
     samples: str | None = option(None, "FILE.npz with `images`, or a folder of PNGs, from any generator")
     dataset: str | None = option(None, "dataset the samples imitate (with --samples)")
     data_dir: str | None = option(None, "folder of the dataset's files, where it needs one")
-    image_size: int = option(28, "image size of a `folder` dataset")
+    image_size: int | None = option(None, "image size of the dataset (default: its own; a folder: 28)")
+    channels: str = option("auto", "channels of the dataset, or the channels you expect of the run's samples "
+                           "(a run of another channel count is refused)", choices=CHANNELS)
     n: int = option(10_000, "samples to draw from the run")
     seed: int = option(0, "seed for sampling and metric subsets")
-    features: str | None = option(None, "a genlab feature extractor folder to use instead of the cached one")
+    features: str | None = option(None, "the features to measure in: classifier, contrastive (self-supervised), "
+                                  "a genlab extractor folder, or your TorchScript module FILE.pt (default: the "
+                                  "classifier, or the contrastive extractor for a dataset without labels)")
     resize: bool = option(False, "resize samples of another size or channel count")
     ppl_samples: int = option(2000, "latent pairs for perceptual path length")
     json: str | None = option(None, "also write the result as JSON to this file")
@@ -55,9 +66,20 @@ class EvalOptions:
 
 
 def open_extractor(data_cfg: DataConfig, features=None, log=print) -> Extractor:
-    """The user's extractor (`features`, checked to be of the same dataset) or the cached one."""
-    if not features:
+    """The extractor `features` names: `classifier` or `contrastive` (genlab's, cached), a genlab
+    extractor folder (checked to be of the same dataset), or a TorchScript .pt file; by default the
+    classifier, or the contrastive extractor when the dataset has no labels."""
+    if features in (None, "", "auto"):
+        labelled = load_dataset(with_split(data_cfg, "train")).num_classes >= 2
+        features = "classifier" if labelled else "contrastive"
+    if features == "classifier":
         return get_extractor(data_cfg, log=log)
+    if features == "contrastive":
+        return get_contrastive_extractor(data_cfg, log=log)
+    path = Path(features)
+    if path.is_file() and path.name != "extractor.safetensors":
+        train = load_dataset(with_split(data_cfg, "train"))
+        return load_torchscript(path, train.shape, f"{data_cfg.dataset}-{train.checksum.split(':')[-1][:8]}")
     extractor = load_extractor(features)
     if extractor.spec["dataset"] != data_cfg.dataset:
         raise GenlabError(f"feature extractor {extractor.name} was trained on {extractor.spec['dataset']}, "
@@ -66,19 +88,22 @@ def open_extractor(data_cfg: DataConfig, features=None, log=print) -> Extractor:
 
 
 def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
-             image_size: int = EvalOptions.image_size, features: str | Path | None = None, resize: bool = False,
+             image_size: int | None = EvalOptions.image_size, features: str | Path | None = None, resize: bool = False,
              seed: int = EvalOptions.seed, model=None, ppl_samples: int = EvalOptions.ppl_samples, floor: bool = True,
-             log=print) -> dict:
-    """Score samples (uint8 [N, C, H, W] or [N, H, W], or floats in [0, 1]) against `dataset`.
+             log=print, data: DataConfig | None = None) -> dict:
+    """Score samples (uint8 [N, C, H, W] or [N, H, W], or floats in [0, 1]) against a dataset (`data`,
+    or the one `dataset`, `data_dir` and `image_size` name), on the training split and held out.
 
     Returns {"features", "dataset", "n", "metrics": {name: {"value", "floor", "better"}}, ...}.
     With `model`, also its perceptual path length and, where it has one, its test likelihood."""
-    data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, image_size=image_size)
+    data_cfg = data or DataConfig(dataset=dataset, data_dir=data_dir, image_size=image_size)
     extractor = open_extractor(data_cfg, features, log)
     x = prepare_samples(images, extractor.image_shape, resize)
     ref = get_reference(data_cfg, extractor)
     feats, logits = extractor(x)
     values = score_features(feats, logits, ref, seed)
+    copied = copying(feats, ref)
+    values["data_copying"] = copied["ct"]
     floors = real_floor(ref, len(x)) if floor else {}
     convention = {}
     if model is not None:
@@ -89,25 +114,37 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
     metrics = {name: {"value": values.get(name), "floor": floors.get(name), "better": better}
                for name, better in BETTER.items() if values.get(name) is not None}
     for name in ("kid", "is"):
-        metrics[name]["std"] = values[f"{name}_std"]
-    return {"features": extractor.name, "features_test_accuracy": extractor.spec.get("test_accuracy"),
-            "dataset": dataset, "n": len(x), "floor_n": min(len(x), len(ref.heldout_features)),
-            "knn_n": values["knn_n"], "class_histogram": values["class_histogram"],
-            "class_names": extractor.spec["class_names"], "warnings": values["warnings"], "metrics": metrics,
-            **convention}
+        if name in metrics:
+            metrics[name]["std"] = values[f"{name}_std"]
+    warnings = values["warnings"]
+    if copied["p_value"] is not None and copied["p_value"] < COPYING_P:
+        warnings.append(f"the samples sit closer to the training images than real images the model never saw do "
+                        f"(data-copying statistic C_T = {copied['ct']:.2f}, p = {copied['p_value']:.2g}; Meehan et al. "
+                        "2020): the model may be reproducing its training images; judge it by the held-out view")
+    return {"features": extractor.name, "features_kind": extractor.kind, "features_note": extractor.describe(),
+            "features_test_accuracy": extractor.spec.get("test_accuracy"), "resize_filter": FILTER,
+            "dataset": data_cfg.dataset, "n": len(x), "floor_n": min(len(x), len(ref.heldout_features)),
+            "heldout_n": len(ref.heldout_features), "knn_n": values["knn_n"],
+            "class_histogram": values.get("class_histogram"), "class_names": extractor.spec["class_names"],
+            "data_copying": copied, "warnings": warnings, "metrics": metrics, **convention}
 
 
-def training_scorer(data_cfg: DataConfig, n: int, seed: int, features=None, log=print):
+def training_scorer(data_cfg: DataConfig, n: int, seed: int, features=None, log=print,
+                    class_counts: list[int] | None = None):
     """A function model -> {metric: value} for evaluation during training: `n` samples from the
-    same noise each time, no PPL or floors (cheap enough to run every few hundred steps)."""
+    same noise each time (a conditional model's labels in the data's proportions), no PPL or floors
+    (cheap enough to run every few hundred steps)."""
     extractor = open_extractor(data_cfg, features, log)
     ref = get_reference(data_cfg, extractor)
 
     def score(model) -> dict:
-        feats, logits = extractor(sample_from(model, n, seed=seed))
+        labels = labels_for(model, n, proportions=class_counts)
+        feats, logits = extractor(sample_from(model, n, seed=seed, labels=labels))
         values = score_features(feats, logits, ref, seed)
-        return {"features": extractor.name, **{k: values[k] for k in TRAINING_METRICS},
-                "num_classes": int((ref.label_histogram > 0).sum())}
+        out = {"features": extractor.name, **{k: values[k] for k in TRAINING_METRICS if k in values}}
+        if ref.label_histogram is not None:
+            out["num_classes"] = int((ref.label_histogram > 0).sum())
+        return out
 
     return score
 
@@ -116,11 +153,11 @@ def evaluate_run(run_dir: str | Path, n: int = EvalOptions.n, seed: int = EvalOp
                  ppl_samples: int = EvalOptions.ppl_samples, save: bool = True, log=print) -> dict:
     """Sample `n` images from a run and evaluate them (with PPL and likelihood where they apply);
     `save` keeps the result as the run's eval.json, which report, compare and serve show."""
-    config, model, _ = load_run(run_dir)
-    images = sample_from(model, n, seed=seed)
-    result = evaluate(images, dataset=config.data.dataset, data_dir=config.data.data_dir,
-                      image_size=config.data.image_size, features=features, seed=seed, model=model,
-                      ppl_samples=ppl_samples, log=log)
+    config, model, meta = load_run(run_dir)
+    labels = labels_for(model, n, proportions=meta.get("class_counts"))  # the data's mix of classes
+    images = sample_from(model, n, seed=seed, labels=labels)
+    result = evaluate(images, data=config.data, features=features, seed=seed, model=model, ppl_samples=ppl_samples,
+                      log=log)
     result["run"] = str(run_dir)
     result["model"] = config.model.name
     if save:
@@ -131,12 +168,15 @@ def evaluate_run(run_dir: str | Path, n: int = EvalOptions.n, seed: int = EvalOp
 def eval_command(opts: EvalOptions, log=print) -> dict:
     """Do what `genlab eval` is asked: a run's samples (saved as its eval.json) or a samples file."""
     if opts.run is not None:
+        trained_on = Run.open(opts.run).meta["image_shape"][0]
+        if opts.channels != "auto" and int(opts.channels) != trained_on:
+            raise GenlabError(f"--channels {opts.channels}: run {opts.run} was trained on {trained_on}-channel images "
+                              "and samples them; leave out --channels (or evaluate a run trained on the channels you want)")
         return evaluate_run(opts.run, n=opts.n, seed=opts.seed, features=opts.features,
                             ppl_samples=opts.ppl_samples, log=log)
-    channels = load_extractor(opts.features).image_shape[0] if opts.features else 1
-    images = load_samples_file(opts.samples, channels)
-    result = evaluate(images, dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
-                      features=opts.features, resize=opts.resize, seed=opts.seed, log=log)
+    data = DataConfig(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size, channels=opts.channels)
+    images = load_samples_file(opts.samples, load_dataset(with_split(data, "train")).shape[0])
+    result = evaluate(images, data=data, features=opts.features, resize=opts.resize, seed=opts.seed, log=log)
     return {**result, "samples": opts.samples}
 
 
@@ -154,10 +194,11 @@ def format_table(result: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines[1] = "  ".join("-" * w for w in widths)
-    acc = result.get("features_test_accuracy")
     head = (f"{result['n']} samples, dataset {result['dataset']}, features {result['features']}"
-            + (f" (test accuracy {acc:.2%})" if acc is not None else "")
+            + result.get("features_note", "")
             + f"; real floor: {result['floor_n']} held-out real images; precision/recall/density/coverage "
-            f"with {result['knn_n']} real and {result['knn_n']} generated")
+            f"with {result['knn_n']} real and {result['knn_n']} generated; held-out view (*_heldout): against the "
+            f"{result.get('heldout_n', '?')} held-out images, its floor real training images; resizing: "
+            f"{result.get('resize_filter', '-')}")
     convention = [f"likelihood: {result['likelihood_convention']}"] if result.get("likelihood_convention") else []
     return "\n".join([head, *lines, *convention, *[f"warning: {w}" for w in result["warnings"]]])

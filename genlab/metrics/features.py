@@ -1,12 +1,18 @@
-"""The domain feature extractor: a small CNN classifier per dataset, trained once and cached.
+"""Feature extractors: what every sample metric is measured in, trained once per dataset and cached.
 
 ImageNet's InceptionV3 cannot be downloaded here and suits 28x28 greyscale poorly, so genlab
-measures samples in the feature space of its own classifier of the dataset: features are the
-penultimate layer (128 numbers), class probabilities feed the Inception Score and class coverage.
+measures samples in the feature space of its own network of the dataset (128 numbers):
 
-The classifier is trained with a fixed seed and recipe on the dataset's training split and cached
-under `<cache>/features/<dataset>-<first 8 hex of the weights' sha256>/`, with its test accuracy.
-That name travels with every score, so a number always says which features it was measured in.
+- `classifier`: a small CNN trained on the labels; its class probabilities also feed the Inception
+  Score and class coverage;
+- `contrastive`: the same network's body trained without labels (genlab.metrics.contrastive), for a
+  dataset that has none;
+- `torchscript`: a user's own module (genlab.metrics.torchscript), e.g. InceptionV3 exported elsewhere.
+
+genlab's extractors are trained with a fixed seed and recipe on the training split and cached under
+`<cache>/features/<dataset>-<first 8 hex of the weights' sha256>/` (`<dataset>-ssl-...` for the
+contrastive kind), with their test (or linear probe) accuracy. That name travels with every score,
+so a number always says which features it was measured in.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import DataConfig
-from genlab.data import ImageSet, load_dataset, load_heldout
+from genlab.data import ImageSet, load_dataset, load_heldout, with_split
 from genlab.errors import GenlabError
 from genlab.paths import cache_dir
 from genlab.core.checkpoint import load_into, load_state, save_state
@@ -65,13 +71,44 @@ class DomainClassifier(nn.Module):
         return features, self.head(features)
 
 
+class FeatureEncoder(nn.Module):
+    """The classifier's body alone: images in [0, 1] -> features [B, feature_dim] (the contrastive kind)."""
+
+    def __init__(self, channels: int, width: int = 32, feature_dim: int = 128):
+        super().__init__()
+        self.body = DomainClassifier(channels, 2, width, feature_dim).body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x * 2 - 1)
+
+
 @dataclass
 class Extractor:
-    """A trained classifier with its identity: `name` is `<dataset>-<8 hex of sha256(weights)>`."""
+    """A feature network with its identity: `name` is `<dataset>-<8 hex of sha256(weights)>`; `path`
+    is where the real side's statistics in its features are cached."""
 
-    net: DomainClassifier
-    spec: dict  # name, dataset, data_checksum, image_shape, num_classes, class_names, recipe, test_accuracy
+    net: nn.Module  # images [N, C, H, W] in [0, 1] -> (features, logits) or features
+    spec: dict  # kind, name, dataset, data_checksum, image_shape, num_classes, class_names, recipe, accuracy
     path: Path
+
+    @property
+    def kind(self) -> str:
+        return self.spec.get("kind", "classifier")
+
+    @property
+    def has_classes(self) -> bool:
+        """Whether it gives class logits (IS, classes found, class TV need them)."""
+        return self.kind == "classifier"
+
+    def describe(self) -> str:
+        """What the table's head says about these features."""
+        if self.kind == "classifier":
+            acc = self.spec.get("test_accuracy")
+            return "" if acc is None else f" (test accuracy {acc:.2%})"
+        if self.kind == "contrastive":
+            acc = self.spec.get("probe_accuracy")
+            return " (self-supervised" + ("" if acc is None else f"; linear probe accuracy {acc:.2%}") + ")"
+        return f" (your TorchScript module {self.spec.get('file')})"
 
     @property
     def name(self) -> str:
@@ -82,17 +119,18 @@ class Extractor:
         return tuple(self.spec["image_shape"])
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features [N, D] float32, logits [N, classes]) of uint8 images or float images in [0, 1]."""
+    def __call__(self, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features [N, D] float32, logits [N, classes] or None) of uint8 images or floats in [0, 1]."""
         self.net.eval()
         feats, logits = [], []
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size]
             x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-            f, lg = self.net(x)
-            feats.append(f)
+            out = self.net(x)
+            f, lg = out if isinstance(out, tuple) else (out, None)
+            feats.append(f.float())
             logits.append(lg)
-        return torch.cat(feats), torch.cat(logits)
+        return torch.cat(feats), (torch.cat(logits) if logits[0] is not None else None)
 
 
 def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -153,19 +191,19 @@ def weights_hash(net: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _spec_matches(spec: dict, dataset: str, checksum: str, recipe: FeatureRecipe) -> bool:
+def _spec_matches(spec: dict, dataset: str, checksum: str, recipe, kind: str) -> bool:
     return (spec.get("dataset") == dataset and spec.get("data_checksum") == checksum
-            and spec.get("recipe") == asdict(recipe))
+            and spec.get("recipe") == asdict(recipe) and spec.get("kind", "classifier") == kind)
 
 
-def find_cached(dataset: str, checksum: str, recipe: FeatureRecipe) -> Path | None:
+def find_cached(dataset: str, checksum: str, recipe, kind: str = "classifier") -> Path | None:
     root = cache_dir() / "features"
     for spec_path in sorted(root.glob(f"{dataset}-*/{SPEC}")) if root.is_dir() else []:
         try:
             spec = json.loads(spec_path.read_text())
         except (OSError, json.JSONDecodeError):
             continue  # a damaged cache entry is skipped (and retrained), never trusted
-        if _spec_matches(spec, dataset, checksum, recipe) and (spec_path.parent / WEIGHTS).is_file():
+        if _spec_matches(spec, dataset, checksum, recipe, kind) and (spec_path.parent / WEIGHTS).is_file():
             return spec_path.parent
     return None
 
@@ -176,11 +214,14 @@ def load_extractor(path: str | Path) -> Extractor:
     folder = path.parent if path.is_file() else path
     if not (folder / SPEC).is_file() or not (folder / WEIGHTS).is_file():
         raise GenlabError(f"{path} is not a genlab feature extractor (needs {SPEC} and {WEIGHTS}); "
-                          "pass the folder that genlab made under <cache>/features/")
+                          "pass the folder that genlab made under <cache>/features/, or a TorchScript .pt file")
     try:
         spec = json.loads((folder / SPEC).read_text())
-        recipe = spec["recipe"]
-        net = DomainClassifier(spec["image_shape"][0], spec["num_classes"], recipe["width"], recipe["feature_dim"])
+        recipe, channels = spec["recipe"], spec["image_shape"][0]
+        if spec.get("kind", "classifier") == "contrastive":
+            net = FeatureEncoder(channels, recipe["width"], recipe["feature_dim"])
+        else:
+            net = DomainClassifier(channels, spec["num_classes"], recipe["width"], recipe["feature_dim"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise GenlabError(f"{folder / SPEC} is damaged ({err}); delete the folder to retrain") from None
     state, _ = load_state(folder / WEIGHTS)
@@ -188,14 +229,26 @@ def load_extractor(path: str | Path) -> Extractor:
     return Extractor(net.eval(), spec, folder)
 
 
+def save_extractor(net: nn.Module, spec: dict, prefix: str) -> Extractor:
+    """Cache a freshly trained extractor as `<prefix>-<8 hex of its weights' sha256>`; spec.json is
+    written last, so a folder without it is an interrupted entry and never trusted."""
+    name = f"{prefix}-{weights_hash(net)[:8]}"
+    spec = {"name": name, **spec, "torch_version": torch.__version__}
+    folder = cache_dir() / "features" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    save_state(folder / WEIGHTS, net.state_dict(), {"name": name})
+    (folder / SPEC).write_text(json.dumps(spec, indent=2) + "\n")
+    return Extractor(net, spec, folder)
+
+
 def get_extractor(data_cfg: DataConfig, recipe: FeatureRecipe = FeatureRecipe(), log=print) -> Extractor:
-    """The cached extractor of `data_cfg`'s dataset, trained now if there is none yet."""
-    train_cfg = DataConfig(dataset=data_cfg.dataset, data_dir=data_cfg.data_dir, split="train",
-                           image_size=data_cfg.image_size)
+    """The cached classifier of `data_cfg`'s dataset, trained now if there is none yet."""
+    train_cfg = with_split(data_cfg, "train")
     train = load_dataset(train_cfg)
     if train.num_classes < 2:
-        raise GenlabError(f"dataset {train.name} has no classes to train a feature extractor on; "
-                          "put images in one subfolder per class, or pass --features PATH")
+        raise GenlabError(f"dataset {train.name} has no classes to train a feature extractor on (a classifier "
+                          "needs labels); use the self-supervised extractor, --features contrastive (genlab eval's "
+                          "default for such data)")
     cached = find_cached(data_cfg.dataset, train.checksum, recipe)
     if cached is not None:
         return load_extractor(cached)
@@ -203,16 +256,12 @@ def get_extractor(data_cfg: DataConfig, recipe: FeatureRecipe = FeatureRecipe(),
     started = time.monotonic()
     net = train_classifier(train, recipe, log)
     test = load_heldout(train_cfg)
-    name = f"{data_cfg.dataset}-{weights_hash(net)[:8]}"
-    spec = {"name": name, "dataset": data_cfg.dataset, "data_checksum": train.checksum,
-            "image_shape": list(train.shape), "num_classes": train.num_classes,
-            "class_names": train.class_names, "recipe": asdict(recipe),
-            "test_accuracy": accuracy(net, test) if test is not None else None,
-            "train_seconds": round(time.monotonic() - started, 1), "torch_version": torch.__version__}
-    folder = cache_dir() / "features" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    save_state(folder / WEIGHTS, net.state_dict(), {"name": name})
-    (folder / SPEC).write_text(json.dumps(spec, indent=2) + "\n")  # written last: marks the entry complete
-    acc = "n/a" if spec["test_accuracy"] is None else f"{spec['test_accuracy']:.2%}"
-    log(f"feature extractor {name}: test accuracy {acc}, {spec['train_seconds']:.0f} s")
-    return Extractor(net, spec, folder)
+    extractor = save_extractor(net, {
+        "kind": "classifier", "dataset": data_cfg.dataset, "data_checksum": train.checksum,
+        "image_shape": list(train.shape), "num_classes": train.num_classes, "class_names": train.class_names,
+        "recipe": asdict(recipe), "test_accuracy": accuracy(net, test) if test is not None else None,
+        "train_seconds": round(time.monotonic() - started, 1)}, data_cfg.dataset)
+    acc = extractor.spec["test_accuracy"]
+    log(f"feature extractor {extractor.name}: test accuracy {'n/a' if acc is None else f'{acc:.2%}'}, "
+        f"{extractor.spec['train_seconds']:.0f} s")
+    return extractor

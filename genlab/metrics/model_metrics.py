@@ -32,9 +32,14 @@ def ppl(model, extractor: Extractor, n: int = 2000, epsilon: float = 1e-4, seed:
             # decode gives [-1, 1]; the extractor takes [0, 1]
             a = (model.decode(scores.slerp(z0, z1, t)).double().cpu() + 1) / 2
             b = (model.decode(scores.slerp(z0, z1, t + epsilon)).double().cpu() + 1) / 2
-            fa, fb = net64(a)[0], net64(b)[0]
+            fa, fb = _features(net64(a)), _features(net64(b))
         lengths.append(scores.path_lengths((fa - fb).square().sum(1), epsilon))
     return scores.perceptual_path_length(torch.cat(lengths))
+
+
+def _features(out) -> torch.Tensor:
+    """The features of an extractor's output: (features, logits) for a classifier, else features."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 def likelihood(model, test: ImageSet, limit: int = 10_000) -> dict | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from genlab.data.convert import resize, to_channels
 from genlab.errors import GenlabError
 
 
@@ -43,17 +44,12 @@ def prepare_samples(images, shape: tuple[int, int, int], resize: bool = False, s
 
 
 def resize_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 images to `shape` (C, H, W) with the dataset's own conversions (genlab.data.convert):
+    real and generated images are never resized differently."""
     c, h, w = shape
-    f = x.float()
-    if f.shape[1] == 3 and c == 1:  # ITU-R 601-2 luma, as PIL's convert("L")
-        f = (f * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    elif f.shape[1] == 1 and c == 3:
-        f = f.expand(-1, 3, -1, -1)
-    elif f.shape[1] != c:
-        raise GenlabError(f"cannot convert {f.shape[1]} channels to {c}")
-    if f.shape[-2:] != (h, w):
-        f = torch.nn.functional.interpolate(f, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    return f.round().clamp(0, 255).to(torch.uint8)
+    if h != w:
+        raise GenlabError(f"cannot resize samples to {h}x{w}: genlab's images are square")
+    return resize(to_channels(x, c), h)
 
 
 def load_samples_file(path: str | Path, channels: int) -> torch.Tensor:

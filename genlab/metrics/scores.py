@@ -195,3 +195,88 @@ def perceptual_path_length(lengths: torch.Tensor) -> float:
     lo, hi = torch.quantile(lengths, 0.01), torch.quantile(lengths, 0.99)
     kept = lengths[(lengths >= lo) & (lengths <= hi)]
     return float(kept.mean()) if len(kept) else math.nan
+
+
+# ---------------------------------------------------------------- data copying
+
+def nearest_distances(points: torch.Tensor, reference: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Distance of every point to its nearest reference point [len(points)]."""
+    ref = reference.float()
+    return torch.cat([pairwise_distances(points[i:i + chunk].float(), ref).min(1).values
+                      for i in range(0, len(points), chunk)])
+
+
+def kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0) -> torch.Tensor:
+    """Centroids [k, D] by Lloyd's algorithm from k distinct points drawn with a fixed seed."""
+    x = x.float()
+    centroids = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]].clone()
+    for _ in range(iterations):
+        cells = assign_cells(x, centroids)
+        for c in range(k):
+            members = x[cells == c]
+            if len(members):
+                centroids[c] = members.mean(0)
+    return centroids
+
+
+def assign_cells(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    return torch.cat([pairwise_distances(x[i:i + chunk].float(), centroids).argmin(1) for i in range(0, len(x), chunk)])
+
+
+def mann_whitney_z(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The normal approximation of the Mann-Whitney U statistic that values of `b` exceed values of
+    `a` (ties count a half): 0 when they are alike, negative when b's values are smaller."""
+    m, n = len(a), len(b)
+    both = torch.cat([a, b]).double()
+    order = both.argsort()
+    ranks = torch.empty_like(both)
+    ranks[order] = torch.arange(1, m + n + 1, dtype=torch.float64)
+    values, inverse, counts = torch.unique(both, return_inverse=True, return_counts=True)
+    if (counts > 1).any():  # ties share their mean rank
+        sums = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, ranks)
+        ranks = (sums / counts)[inverse]
+    u = float(ranks[m:].sum()) - n * (n + 1) / 2  # pairs (a_i, b_j) with b_j > a_i
+    return (u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12)
+
+
+def data_copying(train: torch.Tensor, heldout: torch.Tensor, fake: torch.Tensor, cells: int | None = None,
+                 min_per_cell: int = 20) -> dict:
+    """Meehan et al. 2020, "A Non-Parametric Test to Detect Data-Copying in Generative Models"
+    (arXiv:2004.05675): partition the training features into cells (k-means); in each cell compare
+    the distance from each generated point to its nearest training point with the same distance for
+    held-out real points (Mann-Whitney Z); C_T is their average weighted by the held-out points per
+    cell. Near 0: samples sit as far from the training images as unseen real images do; well below
+    0: closer, as copies would. p is the one-sided p-value of the null "no copying" (C_T ~ N(0, 1))."""
+    k = cells or max(3, min(20, len(heldout) // 50))
+    centroids = kmeans(train, k)
+    cell_h, cell_f = assign_cells(heldout, centroids), assign_cells(fake, centroids)
+    d_h, d_f = nearest_distances(heldout, train), nearest_distances(fake, train)
+    total, weight, used = 0.0, 0, 0
+    for c in range(k):
+        in_h, in_f = d_h[cell_h == c], d_f[cell_f == c]
+        if len(in_h) < min_per_cell or len(in_f) < min_per_cell:
+            continue
+        total += len(in_h) * mann_whitney_z(in_h, in_f)
+        weight += len(in_h)
+        used += 1
+    if not weight:
+        return {"ct": None, "p_value": None, "cells": 0}
+    ct = total / weight
+    return {"ct": ct, "p_value": 0.5 * (1 + math.erf(ct / math.sqrt(2))), "cells": used,
+            "median_distance_ratio": float(d_f.median() / d_h.median().clamp(min=1e-12))}
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation of two lists (ties get their mean rank)."""
+    def ranks(v):
+        t = torch.tensor(v, dtype=torch.float64)
+        order = t.argsort()
+        r = torch.empty_like(t)
+        r[order] = torch.arange(len(t), dtype=torch.float64)
+        for value in torch.unique(t):
+            same = t == value
+            r[same] = r[same].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))

@@ -44,6 +44,20 @@ def balanced_labels(n: int, k: int) -> torch.Tensor:
     return torch.arange(n) % k
 
 
+def proportional_labels(n: int, counts: list[int]) -> torch.Tensor:
+    """n labels in the proportions `counts` (largest remainders), mixed by a fixed permutation so
+    that any first m of them keep the proportions; equal counts give `balanced_labels` exactly."""
+    k = len(counts)
+    if len(set(counts)) == 1:
+        return balanced_labels(n, k)
+    share = torch.tensor(counts, dtype=torch.float64) / sum(counts) * n
+    take = share.floor().long()
+    order = (share - take).argsort(descending=True)
+    take[order[:n - int(take.sum())]] += 1
+    labels = torch.repeat_interleave(torch.arange(k), take)
+    return labels[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
+
+
 def check_labels(labels, n: int, k: int | None, device=None) -> torch.Tensor | None:
     """`n` class numbers for a model conditioned on `k` classes (on `device`): balanced classes
     when `labels` is None; None for an unconditional model (k None)."""

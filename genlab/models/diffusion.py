@@ -177,9 +177,10 @@ class UNet(nn.Module):
     """(x_t [B, C, H, W], t [B], labels [B] or None) -> prediction [B, C, H, W].
 
     Levels at H, H/2, H/4 with w, 2w, 2w channels, one residual block each way per level,
-    attention at H/4 and in the middle; skips concatenated on the way up."""
+    attention at H/4 and in the middle; skips concatenated on the way up. Above 32 px one level
+    more at the top (64 -> 32 -> 16 -> 8), so that attention still runs on an 8x8 map."""
 
-    def __init__(self, channels: int, width: int, num_classes: int | None, dropout: float):
+    def __init__(self, channels: int, width: int, num_classes: int | None, dropout: float, side: int = 32):
         super().__init__()
         emb_dim = 4 * width
         self.width = width
@@ -197,18 +198,28 @@ class UNet(nn.Module):
         self.up2 = ResBlock(4 * w, w, emb_dim, dropout)
         self.up1 = ResBlock(2 * w, w, emb_dim, dropout)
         self.out = nn.Sequential(nn.GroupNorm(8, w), nn.SiLU(), nn.Conv2d(w, channels, 3, padding=1))
+        self.top = side > 32  # made last, so that the nets of 28 and 32 px are built as they always were
+        if self.top:
+            self.down0, self.pool0 = ResBlock(w, w, emb_dim, dropout), nn.Conv2d(w, w, 3, 2, 1)
+            self.up0 = ResBlock(2 * w, w, emb_dim, dropout)
 
     def forward(self, x, t, labels=None):
         emb = self.time(timestep_embedding(t, self.width))
         if self.classes is not None:
             emb = emb + self.classes(labels if labels is not None else torch.full_like(t, self.null_class))
-        h1 = self.down1(self.stem(x), emb)                       # (w, H)
+        h = self.stem(x)
+        if self.top:
+            h0 = self.down0(h, emb)                              # (w, H), H > 32
+            h = self.pool0(h0)
+        h1 = self.down1(h, emb)                                  # (w, H)
         h2 = self.down2(self.pool1(h1), emb)                     # (2w, H/2)
         h3 = self.attn3(self.down3(self.pool2(h2), emb))         # (2w, H/4)
         m = self.mid2(self.mid_attn(self.mid1(h3, emb)), emb)
         u3 = self.up_attn3(self.up3(torch.cat([m, h3], 1), emb))
         u2 = self.up2(torch.cat([F.interpolate(u3, size=h2.shape[-2:]), h2], 1), emb)
         u1 = self.up1(torch.cat([F.interpolate(u2, size=h1.shape[-2:]), h1], 1), emb)
+        if self.top:
+            u1 = self.up0(torch.cat([F.interpolate(u1, size=h0.shape[-2:]), h0], 1), emb)
         return self.out(u1)
 
 
@@ -235,7 +246,7 @@ class Diffusion:
         c, h, w = self.image_shape
         common.check_image_size(self.image_shape, "diffusion")
         self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
-        self.unet = UNet(c, config.width, self.conditional_classes, config.dropout).to(self.device)
+        self.unet = UNet(c, config.width, self.conditional_classes, config.dropout, h).to(self.device)
         self.ema = EMA(self.unet, config.ema, warmup=True)  # early weights fade fast
         self.unet_ema = self.ema.net.eval()
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)

@@ -124,47 +124,59 @@ class MinibatchStd(nn.Module):
         return torch.cat([h, extra], 1)
 
 
+def dcgan_levels(side: int) -> int:
+    """Halvings between DCGAN's smallest feature map and the image: 2 up to 32 px, 3 above."""
+    return 2 if side <= 32 else 3
+
+
 class DCGenerator(nn.Module):
     """z -> (2w, H/4, W/4) -> ConvT -> (w, H/2) -> ConvT -> (w/2, H) -> Conv -> C, Tanh; BatchNorm
-    and ReLU between, as in DCGAN."""
+    and ReLU between, as in DCGAN. Above 32 px one level more: z -> (4w, H/8) -> ... -> (w/2, H)."""
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 32,
                  num_classes: int | None = None):
         super().__init__()
         c, h, _ = image_shape
-        self.start = (2 * width, h // 4, h // 4)
+        levels = dcgan_levels(h)
+        top = width * 2 ** (levels - 1)
+        self.start = (top, h // 2 ** levels, h // 2 ** levels)
         self.cond = LabelInput(num_classes)
         self.project = nn.Sequential(nn.Linear(latent_dim + self.cond.extra, prod(self.start), bias=False),
                                      nn.BatchNorm1d(prod(self.start)), nn.ReLU())
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(),
-            nn.Conv2d(width // 2, c, 3, 1, 1), nn.Tanh(),
-        )
+        layers, c_in = [], top
+        for i in range(levels):
+            c_out = top // 2 ** (i + 1)
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            c_in = c_out
+        self.net = nn.Sequential(*layers, nn.Conv2d(c_in, c, 3, 1, 1), nn.Tanh())
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(self.project(self.cond(z, labels)).view(-1, *self.start))
 
 
 class DCDiscriminator(nn.Module):
-    """image -> Conv(4, stride 2) -> (w, H/2) -> Conv -> (2w, H/4) -> Conv -> (2w, H/4) -> score;
-    LeakyReLU(0.2), no BatchNorm (it would mix real and fake statistics and break the gradient
-    penalty), spectral normalisation as an option."""
+    """image -> Conv(4, stride 2) -> (w, H/2) -> Conv -> (2w, H/4) -> Conv -> (2w, H/4) -> score
+    (above 32 px one stride-2 level more, to (4w, H/8)); LeakyReLU(0.2), no BatchNorm (it would mix
+    real and fake statistics and break the gradient penalty), spectral normalisation as an option."""
 
     def __init__(self, image_shape: tuple[int, int, int], width: int = 32, num_classes: int | None = None,
                  conditioning: str = "projection", spectral: bool = False, minibatch_std: bool = False):
         super().__init__()
         c, h, _ = image_shape
+        levels = dcgan_levels(h)
         self.num_classes = num_classes if conditioning == "concat" else None
         c_in = c + (num_classes if self.num_classes else 0)
         std = [MinibatchStd()] if minibatch_std else []
+        layers, c_out = [], width
+        for _ in range(levels):
+            layers += [maybe_sn(nn.Conv2d(c_in, c_out, 4, 2, 1), spectral), nn.LeakyReLU(0.2)]
+            c_in, c_out = c_out, 2 * c_out
         self.net = nn.Sequential(
-            maybe_sn(nn.Conv2d(c_in, width, 4, 2, 1), spectral), nn.LeakyReLU(0.2),
-            maybe_sn(nn.Conv2d(width, 2 * width, 4, 2, 1), spectral), nn.LeakyReLU(0.2), *std,
-            maybe_sn(nn.Conv2d(2 * width + len(std), 2 * width, 3, 1, 1), spectral), nn.LeakyReLU(0.2),
+            *layers, *std,
+            maybe_sn(nn.Conv2d(c_in + len(std), c_in, 3, 1, 1), spectral), nn.LeakyReLU(0.2),
             nn.Flatten(),
         )
-        features = 2 * width * (h // 4) ** 2
+        features = c_in * (h // 2 ** levels) ** 2
         self.head = DiscriminatorHead(features, num_classes, num_classes is not None and conditioning == "projection",
                                       spectral)
 

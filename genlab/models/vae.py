@@ -79,18 +79,26 @@ class VaeMlpConfig(VaeConfig):
 
 # ---------------------------------------------------------------- networks
 
+def conv_levels(side: int) -> int:
+    """Stride-2 levels of the conv VAE: 2 up to 32 px, 3 above (64 px -> 8x8)."""
+    return 2 if side <= 32 else 3
+
+
 class ConvEncoder(nn.Module):
-    """x [B, C, H, W] (+ one-hot label) -> (mu, logvar) [B, latent]: two stride-2 convolutions."""
+    """x [B, C, H, W] (+ one-hot label) -> (mu, logvar) [B, latent]: two stride-2 convolutions (three
+    above 32 px)."""
 
     def __init__(self, image_shape, width: int, latent_dim: int, num_classes: int | None):
         super().__init__()
         c, h, _ = image_shape
-        self.net = nn.Sequential(
-            nn.Conv2d(c, width, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.SiLU(),
-            nn.Flatten())
+        levels = conv_levels(h)
+        layers, c_in, c_out = [], c, width
+        for i in range(levels):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.SiLU()]
+            c_in, c_out = c_out, 2 * c_out
+        self.net = nn.Sequential(*layers, nn.Flatten())
         self.num_classes = num_classes or 0
-        self.out = nn.Sequential(nn.Linear(2 * width * (h // 4) ** 2 + self.num_classes, 256), nn.SiLU(),
+        self.out = nn.Sequential(nn.Linear(c_in * (h // 2 ** levels) ** 2 + self.num_classes, 256), nn.SiLU(),
                                  nn.Linear(256, 2 * latent_dim))
 
     def forward(self, x, labels=None):
@@ -101,18 +109,23 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """z [B, latent] (+ label embedding) -> pixel parameters [B, out_channels, H, W]."""
+    """z [B, latent] (+ label embedding) -> pixel parameters [B, out_channels, H, W] (the encoder's
+    levels in reverse)."""
 
     def __init__(self, image_shape, width: int, latent_dim: int, out_channels: int, num_classes: int | None):
         super().__init__()
         _, h, _ = image_shape
-        self.start = (2 * width, h // 4, h // 4)
+        levels = conv_levels(h)
+        top = width * 2 ** (levels - 1)
+        self.start = (top, h // 2 ** levels, h // 2 ** levels)
         self.cond = nets.LabelInput(num_classes)
         self.project = nn.Sequential(nn.Linear(latent_dim + self.cond.extra, 256), nn.SiLU(),
                                      nn.Linear(256, math.prod(self.start)), nn.SiLU())
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.SiLU(),
-            nn.ConvTranspose2d(width, out_channels, 4, 2, 1))
+        layers, c_in = [], top
+        for _ in range(levels - 1):
+            layers += [nn.ConvTranspose2d(c_in, c_in // 2, 4, 2, 1), nn.SiLU()]
+            c_in //= 2
+        self.net = nn.Sequential(*layers, nn.ConvTranspose2d(c_in, out_channels, 4, 2, 1))
 
     def forward(self, z, labels=None):
         return self.net(self.project(self.cond(z, labels)).view(-1, *self.start))

@@ -182,9 +182,13 @@ def _metrics(run: Run, files: Path) -> str:
     if result:
         rows = [[name, fmt(m["value"]) + (f" ± {m['std']:.2g}" if m.get("std") else ""), fmt(m.get("floor")),
                  m["better"]] for name, m in result["metrics"].items()]
-        body.append(f"<p>{result['n']} samples in the features {html.escape(result['features'])}; real floor: "
-                    f"{result['floor_n']} held-out real images scored the same way.</p>")
+        body.append(f"<p>{result['n']} samples in the features {html.escape(result['features'])}"
+                    f"{html.escape(result.get('features_note', ''))}; real floor: {result['floor_n']} held-out real "
+                    "images scored the same way. The *_heldout rows measure the samples against real images the "
+                    "model never saw (their floor: real training images), and data_copying compares how close "
+                    "samples and unseen real images sit to the training images (Meehan et al. 2020).</p>")
         body.append(table_html(rows, ["metric", "value", "real floor", "better"]))
+        body += [f'<div class="diag">{html.escape(w)}</div>' for w in result.get("warnings", [])]
         if result.get("likelihood_convention"):
             body.append(f"<p>Likelihood: {html.escape(result['likelihood_convention'])}.</p>")
     else:
@@ -244,7 +248,8 @@ def _write(out: Path, text: str) -> None:
 
 # ---------------------------------------------------------------- several runs
 
-COLUMNS = ("fid", "kid", "is", "precision", "recall", "coverage", "nll_nats")
+COLUMNS = ("fid", "fid_heldout", "kid", "is", "precision", "recall", "recall_heldout", "coverage", "data_copying",
+           "nll_nats")
 
 
 def run_row(run: Run) -> dict:
@@ -257,8 +262,8 @@ def run_row(run: Run) -> dict:
 
 
 def compare_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    head = ["run", "model", "dataset", "budget", "img/s", "FID", "KID", "IS", "precision", "recall", "coverage",
-            "NLL (nats)"]
+    head = ["run", "model", "dataset", "budget", "img/s", "FID", "FID held-out", "KID", "IS", "precision", "recall",
+            "recall held-out", "coverage", "copying C_T", "NLL (nats)"]
     body = [[r["run"], r["model"], r["dataset"], f"{r['minutes']:.1f} min, {r['steps']} steps", fmt(r["img_per_s"]),
              *[fmt(r[k]) for k in COLUMNS]] for r in rows]
     return head, body

@@ -199,7 +199,8 @@ def run_metadata(config: RunConfig, data: ImageSet, rt: Runtime, model) -> dict:
         "model": config.model.name, "dataset": data.name, "dataset_split": config.data.split,
         "dataset_checksum": data.checksum, "num_images": len(data), "image_shape": list(data.shape),
         "num_classes": data.num_classes, "class_names": data.class_names,
-        "conditional_classes": model.conditional_classes, "command": sys.argv, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "conditional_classes": model.conditional_classes,
+        "class_counts": torch.bincount(data.labels, minlength=data.num_classes).tolist(), "command": sys.argv, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
     }
 
@@ -232,14 +233,15 @@ def diagnostics_for(model, data: ImageSet, config: RunConfig) -> Diagnostics:
     return Diagnostics([*watches, GradientWatch()])
 
 
-def make_scorer(config: RunConfig, ranks: distributed.Ranks):
+def make_scorer(config: RunConfig, data: ImageSet, ranks: distributed.Ranks):
     """The scorer of --eval-every (its feature extractor trained now if it is not cached)."""
     if not (config.train.eval_every and ranks.is_main):
         return None
     from genlab.metrics.evaluate import training_scorer
 
     return training_scorer(config.data, config.train.eval_n, config.train.seed,
-                           features=config.train.eval_features, log=lambda text: print(text, file=sys.stderr))
+                           features=config.train.eval_features, log=lambda text: print(text, file=sys.stderr),
+                           class_counts=torch.bincount(data.labels, minlength=data.num_classes).tolist())
 
 
 # ---------------------------------------------------------------- train, resume
@@ -267,7 +269,7 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
     if config.train.compile:
         for net in model.nets().values():
             net.compile()
-    scorer = make_scorer(config, ranks)
+    scorer = make_scorer(config, data, ranks)
     if ranks.is_main and tree is None:
         meta = run_metadata(config, data, rt, model)
         run = Run.create(run.path, config, meta)

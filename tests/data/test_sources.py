@@ -129,7 +129,7 @@ def test_folder_dataset_labels_greyscale_and_resize(tmp_path):
     save_image(tmp_path / "cats" / "b.jpg", np.full((30, 50, 3), 200, np.uint8), "RGB")
     save_image(tmp_path / "dogs" / "c.png", np.full((28, 28), 9, np.uint8), "L")
     (tmp_path / ".DS_Store").write_bytes(b"\0")  # hidden files are not images and are skipped
-    data = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path), image_size=16))
+    data = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path), image_size=16, channels="1"))
     assert data.images.shape == (3, 1, 16, 16) and data.class_names == ["cats", "dogs"]
     assert data.labels.tolist() == [0, 0, 1]
     assert int(data.images[0].float().mean().round()) == 76 and int(data.images[2, 0, 5, 5]) == 9
@@ -168,3 +168,46 @@ def test_download_verifies_and_leaves_nothing_on_mismatch(tmp_path):
 def test_imageset_refuses_mismatched_counts():
     with pytest.raises(GenlabError, match="3 images but 2 labels"):
         ImageSet(torch.from_numpy(random_images(3)), torch.zeros(2, dtype=torch.int64), "x")
+
+
+def test_a_folder_keeps_colour_when_it_has_any(tmp_path):
+    from tests.conftest import write_colour_folder
+
+    write_colour_folder(tmp_path / "c", n=20)
+    data = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path / "c"), image_size=32))
+    assert data.images.shape == (16, 3, 32, 32) and data.class_names == ["discs", "squares"]
+    assert (data.images[:, 0] != data.images[:, 1]).any()  # colour kept
+    white = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path / "c"), image_size=32))
+    black = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path / "c"), image_size=32, background="black"))
+    assert int(white.images[0, :, 0, 0].min()) == 255 and int(black.images[0, :, 0, 0].max()) == 0  # a corner
+    grey = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path / "c"), image_size=32, channels="1"))
+    assert grey.images.shape == (16, 1, 32, 32)
+
+
+def test_a_grey_folder_stays_grey_and_a_fifth_is_held_out(tmp_path):
+    for i in range(10):
+        save_image(tmp_path / f"{i}.png", np.full((20, 30), 10 * i, np.uint8), "L")
+    train = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path), image_size=16))
+    test = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path), image_size=16, split="test"))
+    assert train.images.shape == (8, 1, 16, 16) and test.images.shape == (2, 1, 16, 16)
+    seen = {int(x[0, 8, 8]) for x in train.images}
+    assert not seen & {int(x[0, 8, 8]) for x in test.images}  # the held-out images are never trained on
+    assert train.class_names == ["all"]
+
+
+def test_centre_crop_keeps_the_middle(tmp_path):
+    wide = np.zeros((20, 60), np.uint8)
+    wide[:, 20:40] = 255  # a white middle third
+    save_image(tmp_path / "w.png", wide, "L")
+    squeezed = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path), image_size=12))
+    cropped = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path), image_size=12, crop=True))
+    assert int(cropped.images[0, 0, 6, 1]) == 255 and int(squeezed.images[0, 0, 6, 1]) == 0
+
+
+def test_every_dataset_can_be_resized_with_the_one_filter():
+    from genlab.data.convert import resize
+
+    small = load_dataset(DataConfig(dataset="mnist-sample", limit=20))
+    big = load_dataset(DataConfig(dataset="mnist-sample", limit=20, image_size=32, channels="3"))
+    assert big.images.shape == (20, 3, 32, 32)
+    assert torch.equal(big.images[:, :1], resize(small.images, 32))

@@ -33,7 +33,8 @@ def test_real_digits_score_like_the_floor_and_noise_scores_badly(small_extractor
     real = ev(test_digits.images[:500], small_extractor)
     m = real["metrics"]
     assert real["features"] == small_extractor.name and real["n"] == 500
-    assert set(m) == {"fid", "kid", "is", "precision", "recall", "density", "coverage", "classes_found", "class_tv"}
+    assert set(m) == {"fid", "kid", "is", "precision", "recall", "density", "coverage", "classes_found", "class_tv",
+                      "fid_heldout", "precision_heldout", "recall_heldout", "data_copying"}
     assert m["fid"]["value"] == pytest.approx(m["fid"]["floor"], rel=0.5)
     assert m["classes_found"]["value"] == 10 and m["class_tv"]["value"] < 0.1
     assert m["fid"]["better"] == "lower" and m["recall"]["better"] == "higher"
@@ -47,7 +48,7 @@ def test_real_digits_score_like_the_floor_and_noise_scores_badly(small_extractor
 def test_reference_statistics_are_cached(small_extractor, test_digits, monkeypatch):
     ev(test_digits.images[:100], small_extractor)
     cached = {p.name: p.stat().st_mtime_ns for p in small_extractor.path.iterdir()}
-    assert {"reference.safetensors", "radii-100.safetensors", "floors-100.safetensors"} <= set(cached)
+    assert {"reference.safetensors", "radii-100.safetensors", "floors-100-100.safetensors"} <= set(cached)
     monkeypatch.setattr(reference, "split_reference", lambda *a: pytest.fail("recomputed the reference"))
     out = ev(test_digits.images[100:200], small_extractor)
     assert out["metrics"]["fid"]["floor"] is not None

@@ -1,0 +1,140 @@
+"""`emoji`: the Twemoji images of the npm package emoji-datasource-twitter, a real colour dataset
+that installs offline from the npm registry.
+
+    npm pack emoji-datasource-twitter@16.0.0     # emoji-datasource-twitter-16.0.0.tgz, 62 MB
+
+The package ships 3,786 64x64 RGBA PNGs (img/twitter/64/) and emoji.json, which gives each its
+category. genlab keeps the 3,781 of the nine picture categories (the five skin-tone swatches of
+"Component" are left out), paints transparent pixels on --background (white), and holds out a fixed
+fifth of the base emoji as the test split, each with all its skin-tone variants, so that no face
+appears in both splits in another colour. Graphics: Twemoji, (c) Twitter/X, CC-BY 4.0; the
+package's data: MIT.
+
+Where genlab looks: --data-dir (the .tgz, a folder holding it, or the unpacked package), then
+<cache>/datasets/emoji, then /usr/share/datasets/emoji (where `.ci/run` and `make emoji` put it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab.config import DataConfig
+from genlab.data.convert import flatten_alpha
+from genlab.data.imageset import ImageSet
+from genlab.errors import GenlabError
+from genlab.paths import cache_dir
+
+PACKAGE, VERSION = "emoji-datasource-twitter", "16.0.0"
+TARBALL = f"{PACKAGE}-{VERSION}.tgz"
+TARBALL_SHA256 = "f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877"  # npm pack, 2026-11-29
+CATEGORIES = ["Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places",
+              "Activities", "Objects", "Symbols", "Flags"]
+IMAGES = "img/twitter/64/"
+SYSTEM_DIRS = [Path("/usr/share/datasets/emoji")]
+INSTALL = (f"install it with `npm pack {PACKAGE}@{VERSION}` (npm from the registry) and pass --data-dir to the "
+           f"folder holding {TARBALL}, or run `make emoji`")
+
+
+def entries(catalogue: list[dict]) -> list[tuple[str, str, str]]:
+    """(image file, category, base emoji) of every image of the nine categories, skin variants included."""
+    out = []
+    for e in catalogue:
+        if e.get("category") not in CATEGORIES:
+            continue
+        for variant in [e, *e.get("skin_variations", {}).values()]:
+            if variant.get("has_img_twitter", True) and variant.get("image"):
+                out.append((variant["image"], e["category"], e["unified"]))
+    return out
+
+
+def in_test_split(base: str) -> bool:
+    """A fixed fifth of the base emoji (and all their variants): the held-out split."""
+    return int(hashlib.sha1(base.encode()).hexdigest(), 16) % 5 == 0
+
+
+class PackageReader:
+    """Files of the package, from its .tgz or from the unpacked folder. A .tgz is read once, in
+    order (a gzip stream cannot seek back cheaply), keeping emoji.json and the 64 px images."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.files: dict[str, bytes] | None = None
+        if path.is_file():
+            try:
+                with tarfile.open(path, "r|gz") as tar:  # a stream: one pass
+                    self.files = {}
+                    for member in tar:
+                        name = member.name.split("/", 1)[-1]
+                        if member.isreg() and (name == "emoji.json" or name.startswith(IMAGES)):
+                            self.files[name] = tar.extractfile(member).read()
+            except (tarfile.TarError, OSError, EOFError) as err:
+                raise GenlabError(f"{path} is not a readable .tgz ({err}); {INSTALL}") from None
+        else:
+            self.root = path / "package" if (path / "package" / "emoji.json").is_file() else path
+
+    def read(self, name: str) -> bytes:
+        if self.files is not None:
+            if name not in self.files:
+                raise GenlabError(f"{self.path} has no {name}; it is not {PACKAGE}")
+            return self.files[name]
+        try:
+            return (self.root / name).read_bytes()
+        except OSError:
+            raise GenlabError(f"{self.root} has no {name}; it is not the unpacked {PACKAGE}") from None
+
+
+def locate(cfg: DataConfig) -> Path:
+    bases = [Path(cfg.data_dir)] if cfg.data_dir else [cache_dir() / "datasets" / "emoji", *SYSTEM_DIRS]
+    for base in bases:
+        if base.is_file():
+            return base
+        tarballs = [base / TARBALL, *sorted(base.glob(f"{PACKAGE}-*.tgz"))] if base.is_dir() else []
+        for candidate in tarballs:
+            if candidate.is_file():
+                return candidate
+        if (base / "emoji.json").is_file() or (base / "package" / "emoji.json").is_file():
+            return base
+    raise GenlabError(f"emoji: {PACKAGE} is not in {' or '.join(map(str, bases))}; {INSTALL}")
+
+
+def check_tarball(path: Path) -> None:
+    """The pinned tarball is checked against the digest recorded when genlab was written."""
+    if path.name != TARBALL:
+        return
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != TARBALL_SHA256:
+        raise GenlabError(f"{path} has sha256 {digest}, not {TARBALL_SHA256}: it is damaged or another build; "
+                          f"delete it and {INSTALL}")
+
+
+def load_emoji(cfg: DataConfig) -> ImageSet:
+    from PIL import Image, UnidentifiedImageError
+
+    path = locate(cfg)
+    if path.is_file():
+        check_tarball(path)
+    reader = PackageReader(path)
+    try:
+        catalogue = json.loads(reader.read("emoji.json"))
+    except json.JSONDecodeError as err:
+        raise GenlabError(f"emoji.json in {path} is damaged ({err}); {INSTALL}") from None
+    chosen = [e for e in entries(catalogue) if in_test_split(e[2]) == (cfg.split == "test")]
+    images, labels = [], []
+    for file, category, _ in chosen:
+        try:
+            with Image.open(io.BytesIO(reader.read(IMAGES + file))) as img:
+                images.append(np.asarray(flatten_alpha(img, cfg.background), dtype=np.uint8))
+        except (UnidentifiedImageError, OSError) as err:
+            raise GenlabError(f"{IMAGES + file} in {path} is not a readable image ({err})") from None
+        labels.append(CATEGORIES.index(category))
+    if not images:
+        raise GenlabError(f"{path} holds no emoji images of the nine categories; {INSTALL}")
+    data = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(data, torch.tensor(labels), "emoji", list(CATEGORIES))
