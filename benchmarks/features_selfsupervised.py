@@ -19,7 +19,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -86,29 +85,32 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(RECIPES))
     args = parser.parse_args()
     out_root = ROOT / "runs" / "features_ssl"
-    lines, verdicts = [], []
     for dataset in args.datasets:
         data_cfg = DataConfig(dataset=dataset)
         classifier = get_extractor(data_cfg)
-        started = time.monotonic()
         ssl = get_contrastive_extractor(data_cfg)
         n = min(2000, len(load_dataset(DataConfig(dataset=dataset, split="test"))))
         sets = sample_sets(dataset, n, args.gan_minutes, out_root)
         by_classifier, by_ssl = fids(classifier, data_cfg, sets), fids(ssl, data_cfg, sets)
         rho = scores.spearman([by_classifier[k] for k in sets], [by_ssl[k] for k in sets])
+        (out_root / f"{dataset}.json").write_text(json.dumps({
+            "classifier": by_classifier, "ssl": by_ssl, "rho": rho, "n": n, "classifier_name": classifier.name,
+            "classifier_accuracy": classifier.spec["test_accuracy"], "ssl_name": ssl.name,
+            "probe_accuracy": ssl.spec["probe_accuracy"], "ssl_seconds": ssl.spec["train_seconds"]}, indent=2))
+    lines, verdicts = [], []
+    for dataset in RECIPES:  # every dataset measured so far, this session or an earlier one
+        path = out_root / f"{dataset}.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
         lines += [f"### {dataset}", "",
-                  f"classifier {classifier.name}: test accuracy {classifier.spec['test_accuracy']:.2%}; "
-                  f"self-supervised {ssl.name}: linear probe accuracy {ssl.spec['probe_accuracy']:.2%} "
-                  f"(trained in {ssl.spec['train_seconds']:.0f} s; this session {time.monotonic() - started:.0f} s "
-                  "with the sample sets)", "",
-                  f"| sample set ({n} images) | FID, classifier features | FID, self-supervised features |",
-                  "|---|---|---|",
-                  *[f"| {k} | {by_classifier[k]:.2f} | {by_ssl[k]:.2f} |" for k in sets], "",
-                  f"Spearman rank correlation: {rho:.3f}", ""]
-        verdicts.append(f"{dataset}: probe accuracy {ssl.spec['probe_accuracy']:.2%}, Spearman {rho:.3f} >= 0.9 "
-                        f"{'met' if rho >= 0.9 else 'NOT met'}")
-        (out_root / f"{dataset}.json").write_text(json.dumps({"classifier": by_classifier, "ssl": by_ssl, "rho": rho},
-                                                             indent=2))
+                  f"classifier {r['classifier_name']}: test accuracy {r['classifier_accuracy']:.2%}; self-supervised "
+                  f"{r['ssl_name']}: linear probe accuracy {r['probe_accuracy']:.2%} (trained in {r['ssl_seconds']:.0f} s)",
+                  "", f"| sample set ({r['n']} images) | FID, classifier features | FID, self-supervised features |",
+                  "|---|---|---|", *[f"| {k} | {r['classifier'][k]:.2f} | {r['ssl'][k]:.2f} |" for k in r["classifier"]],
+                  "", f"Spearman rank correlation: {r['rho']:.3f}", ""]
+        verdicts.append(f"{dataset}: linear probe accuracy {r['probe_accuracy']:.2%}; Spearman {r['rho']:.3f} >= 0.9 "
+                        f"{'met' if r['rho'] >= 0.9 else 'NOT met'}")
     text = "\n".join(lines + verdicts) + "\n"
     print(text)
     write_table(__file__, text)

@@ -1,6 +1,6 @@
 """The `genlab` command. Thin: each subcommand's flags are generated from the typed definitions
 the package's functions take (TrainConfig and the model configs; SampleOptions, EvalOptions,
-ReportOptions, CompareOptions, ServeOptions), and the subcommand calls that function.
+ReportOptions, CompareOptions, ServeOptions, ExportOptions), and the subcommand calls that function.
 
 Errors the user can fix (`GenlabError`) are printed as one line, `genlab CMD: error: ...`, with
 exit status 2 (argparse's status for bad usage); Ctrl-C exits with 130 after the loop has saved.
@@ -23,7 +23,8 @@ COMMANDS = {
     "eval": "score a run's samples, or any samples, against the data (FID, KID, IS, P/R, ...)",
     "report": "write a run's self-contained HTML report (samples, curves, metrics, diagnostics)",
     "compare": "compare runs in one HTML page (table sorted by FID, quality vs time, samples)",
-    "serve": "a local web demo: generate from trained runs in the browser",
+    "serve": "a local web demo: generate from trained runs in the browser, and let people rate them",
+    "export": "write a portable folder of a run (config.json, model.safetensors, README.md) that genlab.load reads",
 }
 
 
@@ -136,6 +137,16 @@ def cmd_serve(argv: list[str]) -> int:
     return 0
 
 
+def cmd_export(argv: list[str]) -> int:
+    from genlab.config import parse_command
+    from genlab.export import ExportOptions, export_run
+
+    opts = parse_command("genlab export", ExportOptions, argv, COMMANDS["export"])
+    out = export_run(opts.run, opts.out, opts.overwrite, opts.weights)
+    print(f"wrote {out}  (config.json, model.safetensors, README.md; genlab.load(\"{out}\") reads it)")
+    return 0
+
+
 def _write_json(path: Path, obj) -> None:
     try:
         path.write_text(json.dumps(obj, indent=2) + "\n")
@@ -144,7 +155,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 HANDLERS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "export": cmd_export}
 
 
 def top_parser() -> argparse.ArgumentParser:

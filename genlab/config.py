@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,8 +125,9 @@ class TrainConfig:
     device: str = option("auto", "where to train (auto: a GPU when there is one)",
                          choices=("auto", "cpu", "cuda", "mps"), resumable=True)
     threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)", resumable=True)
-    precision: str = option("fp32", "fp32, or mixed precision: bf16 (CPU or GPU), fp16 (GPU, with "
-                            "gradient scaling)", choices=("fp32", "bf16", "fp16"))
+    precision: str = option("fp32", "fp32, or mixed precision: bf16 (CPU or GPU), fp16 (GPU, with gradient "
+                            "scaling), auto (bf16 where the hardware has bf16 units, else fp32 on a CPU, fp16 on "
+                            "a GPU)", choices=("fp32", "bf16", "fp16", "auto"))
     compile: bool = option(False, "compile the networks with torch.compile (slow start, faster steps)",
                            resumable=True)
     checkpoint_every: int | None = option(1000, "save a resumable checkpoint every N steps (and at the end)",
@@ -141,6 +143,8 @@ class TrainConfig:
     eval_n: int = option(2000, "samples scored by --eval-every", resumable=True)
     eval_features: str | None = option(None, "feature extractor for --eval-every (default: the dataset's "
                                        "cached one)", resumable=True)
+    tensorboard: bool = option(False, "also write TensorBoard event files to RUN/tensorboard (pip install "
+                               "'genlab[tensorboard]'; then `tensorboard --logdir runs/`)", resumable=True)
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, _DefaultEpochs):  # the default yields to a budget given alone
@@ -162,6 +166,9 @@ class TrainConfig:
         for name in ("batch_size", "log_every", "grid_size", "grid_every", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 raise GenlabError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise GenlabError("--tensorboard needs TensorBoard: pip install 'genlab[tensorboard]' (or leave out "
+                              "--tensorboard)")
 
 
 @dataclass

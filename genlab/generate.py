@@ -77,9 +77,47 @@ def sample_command(opts: SampleOptions) -> tuple[Path, int]:
     return save_samples(images, opts.out, labels), len(images)
 
 
+EXPORT_FORMAT, EXPORT_CONFIG = "genlab-export/1", "config.json"
+EXPORT_META = ("model", "dataset", "dataset_split", "dataset_checksum", "dataset_licence", "image_shape", "num_classes",
+               "class_names", "conditional_classes", "class_counts", "parameters", "prepared", "steps", "seconds",
+               "genlab_version", "torch_version")
+
+
+def load_export(folder: Path, device: str = "cpu") -> tuple[RunConfig, object, dict]:
+    """(config, model, meta) of a folder written by `genlab export`; a damaged one is refused in one line."""
+    import hashlib
+    import json
+
+    from genlab.config import config_from_dict
+
+    def damaged(why: str) -> GenlabError:
+        return GenlabError(f"{folder} is a damaged genlab export ({why}); export the run again")
+
+    try:
+        spec = json.loads((folder / EXPORT_CONFIG).read_text())
+        config, meta, digest = spec["config"], spec["meta"], spec["weights_sha256"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise damaged(f"{EXPORT_CONFIG}: {err}") from None
+    if spec.get("format") != EXPORT_FORMAT:
+        raise damaged(f"{EXPORT_CONFIG} is not of format {EXPORT_FORMAT}")
+    weights = folder / Run.WEIGHTS
+    if not weights.is_file() or hashlib.sha256(weights.read_bytes()).hexdigest() != digest:
+        raise damaged(f"{Run.WEIGHTS} is missing or not the file the export wrote (its sha256 differs)")
+    run_config = config_from_dict(config, where=f"{folder / EXPORT_CONFIG}")
+    model = build_model(run_config.model, tuple(meta["image_shape"]), meta["num_classes"],
+                        Runtime(device=torch.device(device)))
+    state, _ = load_state(weights)
+    load_into(model, state, str(weights), f"its {EXPORT_CONFIG}")
+    return run_config, model, meta
+
+
 def load_run(run_dir: str | Path, device: str = "cpu", weights: str = Run.WEIGHTS) -> tuple[RunConfig, object, dict]:
-    """(config, model with the run's weights, run.json) of a run folder; `weights` picks the file
-    (model.safetensors, the final state, or best.safetensors, kept by --eval-every)."""
+    """(config, model with the run's weights, run.json) of a run folder (or of a `genlab export`
+    folder); `weights` picks the file (model.safetensors, the final state, or best.safetensors,
+    kept by --eval-every)."""
+    path = Path(run_dir)
+    if (path / EXPORT_CONFIG).is_file() and not (path / Run.CONFIG).is_file():
+        return load_export(path, device)
     run = Run.open(run_dir)
     path = run.weights(weights)
     meta = run.meta
@@ -118,7 +156,7 @@ class Trained:
 
 
 def load(path: str | Path, device: str = "cpu", weights: str = Run.WEIGHTS) -> Trained:
-    """The model of a run folder, ready to sample."""
+    """The model of a run folder or of a `genlab export` folder, ready to sample."""
     config, family, meta = load_run(path, device, weights)
     return Trained(family, config, meta)
 

@@ -3,16 +3,25 @@
 The page lists the runs, draws a grid for a seed, a count and (conditional models) a class, offers
 the sampling options of the run's family (temperature, top-k, DDIM steps, guidance) and only those,
 interpolates between two seeds with a slider (families with a latent space), and downloads the grid
-as PNG. Every endpoint checks its parameters and answers a bad one with a 4xx and one sentence; the
-server keeps serving. The page loads nothing from outside: its script and style are inline.
+as PNG. Its Rate view asks people what the metrics cannot: "real or fake?" one image at a time (half
+held-out real images, half samples, in an order fixed by seeds), or "A or B?" for two runs' samples
+of the same class side by side; each vote is one line of RUN/ratings.jsonl (genlab.metrics.human
+scores them). Every endpoint checks its parameters and answers a bad one with a 4xx and one
+sentence; the server keeps serving. The page loads nothing from outside: its script and style are
+inline.
 
-Endpoints: GET / (the page), GET /api/runs, GET /api/generate.png, GET /api/interpolate.png.
+Endpoints: GET / (the page), GET /api/runs, GET /api/generate.png, GET /api/interpolate.png,
+GET /api/rate/next, POST /api/rate/vote, GET /api/rate/scores.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at run time
 
+import base64
+import json
+import secrets
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -21,7 +30,9 @@ from genlab.config import option
 from genlab.core.images import make_grid, png_bytes
 from genlab.core.run import Run
 from genlab.errors import GenlabError
+from genlab.data import load_heldout
 from genlab.generate import labels_for, load, sample_from, sampling_options
+from genlab.metrics.human import PROTOCOLS, human_scores
 from genlab.metrics.scores import slerp
 from genlab.models.common import describe_options, to_uint8
 from genlab.models.protocols import LatentSpace
@@ -58,7 +69,22 @@ class LoadedRun:
     model: object
     meta: dict
     metrics: dict
+    config: object = None  # the run's RunConfig (its data: the held-out images of "real or fake")
     lock: threading.Lock = field(default_factory=threading.Lock)  # one request at a time per model
+    _heldout: object = None
+
+    def heldout(self) -> torch.Tensor:
+        """The held-out images of the run's data (uint8), loaded once."""
+        if self._heldout is None:
+            try:
+                data = load_heldout(self.config.data)
+            except GenlabError as err:
+                raise BadRequest(f"the held-out images of {self.meta.get('dataset')} are not on this machine: {err}",
+                                 409) from None
+            if data is None:
+                raise BadRequest(f"dataset {self.meta.get('dataset')} has no held-out images to show", 409)
+            self._heldout = data.images
+        return self._heldout
 
     def describe(self) -> dict:
         k = self.model.conditional_classes
@@ -79,7 +105,7 @@ def load_runs(paths: list[str | Path]) -> dict[str, LoadedRun]:
         trained = load(p)
         saved = (run.eval or {}).get("metrics", {})
         metrics = {k: saved[k]["value"] for k in ("fid", "precision", "recall", "nll_nats") if k in saved}
-        runs[run.name] = LoadedRun(run.name, p, trained.family, trained.meta, metrics)
+        runs[run.name] = LoadedRun(run.name, p, trained.family, trained.meta, metrics, trained.config)
     if not runs:
         raise GenlabError("give at least one run folder to serve")
     return runs
@@ -176,6 +202,128 @@ def interpolate_png(run: LoadedRun, params) -> bytes:
     return _png(to_uint8(x), nrow=1)
 
 
+# ---------------------------------------------------------------- people's votes
+
+RATE_SEED = 2019  # the order of real and fake images, the samples' noise, left and right: fixed by seeds
+MAX_RATER = 64
+
+
+@dataclass
+class Rating:
+    """What the Rate view has shown: the items served and not yet answered, and how many items each
+    rater has seen of each protocol (their position in the fixed order)."""
+
+    served: dict = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def position(self, key: tuple) -> int:
+        with self.lock:
+            k = self.counters.get(key, 0)
+            self.counters[key] = k + 1
+            return k
+
+    def serve(self, record: dict) -> str:
+        item = secrets.token_hex(8)
+        with self.lock:
+            self.served[item] = record
+        return item
+
+    def take(self, item: str) -> dict:
+        with self.lock:
+            record = self.served.pop(item, None)
+        if record is None:
+            raise BadRequest("unknown item: the server did not serve it, or it was answered already; ask "
+                             "GET /api/rate/next for an item")
+        return record
+
+
+def _data_url(image: torch.Tensor) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(make_grid(image[None], nrow=1, padding=0),
+                                                                 scale=4)).decode()
+
+
+def _coin(seed: int) -> bool:
+    return bool(torch.randint(0, 2, (1,), generator=torch.Generator().manual_seed(seed)))
+
+
+def _rater(params) -> str:
+    rater = str(params.get("rater") or "")
+    if not rater or len(rater) > MAX_RATER or not rater.replace("-", "").isalnum():
+        raise BadRequest(f"give a rater id of letters, digits and dashes (at most {MAX_RATER}): ?rater=ID")
+    return rater
+
+
+def _one(run: LoadedRun, seed: int, label: int | None) -> torch.Tensor:
+    labels = torch.tensor([label]) if label is not None else None
+    with run.lock:
+        return sample_from(run.model, 1, seed=seed, labels=labels)[0]
+
+
+def next_item(runs: dict, rating: Rating, params) -> dict:
+    """The next item of a rater's fixed sequence: for real or fake each pair of items holds one real
+    held-out image and one sample, in a seeded order; for A or B, two runs' samples of one class from
+    the same seed, left and right by a seeded coin."""
+    protocol = params.get("protocol", "real-or-fake")
+    if protocol not in PROTOCOLS:
+        raise BadRequest(f"unknown protocol {protocol!r}; the protocols: {', '.join(PROTOCOLS)}")
+    run, rater = _run(runs, params), _rater(params)
+    if protocol == "real-or-fake":
+        k = rating.position((rater, protocol, run.name))
+        pair, first_real = k // 2, _coin(RATE_SEED + k // 2)
+        truth = "real" if (k % 2 == 0) == first_real else "fake"
+        cls = run.model.conditional_classes
+        if truth == "real":
+            held = run.heldout()
+            index = int(torch.randperm(len(held), generator=torch.Generator().manual_seed(RATE_SEED))[pair % len(held)])
+            image, seed = held[index], None
+        else:
+            index, seed = pair, RATE_SEED + pair
+            image = _one(run, seed, pair % cls if cls else None)
+        record = {"protocol": protocol, "runs": [run.name], "truth": truth, "seed": seed, "index": index}
+        return {"item": rating.serve(record), "protocol": protocol, "images": [_data_url(image)]}
+    other = runs.get(params.get("other", ""))
+    if other is None or other.name == run.name:
+        raise BadRequest("A or B compares two runs: give ?other=NAME, another run of GET /api/runs", 404)
+    k = rating.position((rater, protocol, run.name, other.name))
+    ka, kb = run.model.conditional_classes, other.model.conditional_classes
+    label = k % ka if ka and ka == kb else None
+    seed = RATE_SEED + k
+    pair = [(run, _one(run, seed, label)), (other, _one(other, seed, label))]
+    if _coin(RATE_SEED + 7919 * k):
+        pair.reverse()
+    record = {"protocol": protocol, "runs": [pair[0][0].name, pair[1][0].name], "left": pair[0][0].name,
+              "right": pair[1][0].name, "seed": seed, "index": k, "label": label}
+    return {"item": rating.serve(record), "protocol": protocol, "images": [_data_url(img) for _, img in pair]}
+
+
+def vote(runs: dict, rating: Rating, body) -> dict:
+    """Record one answer: a line in each rated run's ratings.jsonl (fsynced); returns the scores."""
+    if not isinstance(body, dict):
+        raise BadRequest("the vote is a JSON object: {\"item\": ..., \"answer\": ..., \"rater\": ...}")
+    rater = _rater(body)
+    answer = body.get("answer")
+    item = str(body.get("item", ""))
+    record = rating.take(item)
+    allowed = ("real", "fake") if record["protocol"] == "real-or-fake" else ("left", "right")
+    if answer not in allowed:
+        with rating.lock:
+            rating.served[item] = record  # a bad answer does not use up the item
+        raise BadRequest(f"answer must be {' or '.join(allowed)}, got {answer!r}")
+    line = {**record, "item": item, "answer": answer, "rater": rater,
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+    if record["protocol"] == "a-or-b":
+        line["chosen"] = record[answer]
+    for name in record["runs"]:
+        Run(runs[name].path).append_durably(Run.RATINGS, line)
+    return {"recorded": True, "scores": {name: human_scores(Run(runs[name].path).read_lines(Run.RATINGS), name)
+                                         for name in record["runs"]}}
+
+
+def scores_of(run: LoadedRun) -> dict:
+    return {"run": run.name, "scores": human_scores(Run(run.path).read_lines(Run.RATINGS), run.name)}
+
+
 # ---------------------------------------------------------------- the app
 
 def create_app(run_paths: list[str | Path], max_images: int = ServeOptions.max_images):
@@ -219,6 +367,33 @@ def create_app(run_paths: list[str | Path], max_images: int = ServeOptions.max_i
         params = request.query_params
         return answer(lambda: interpolate_png(_run(runs, params), params))
 
+    rating = Rating()
+
+    def answer_json(work):
+        try:
+            return JSONResponse(work(), headers={"Cache-Control": "no-store"})
+        except BadRequest as err:
+            return JSONResponse({"detail": str(err)}, err.status)
+
+    @app.get("/api/rate/next")
+    def rate_next(request: Request):
+        return answer_json(lambda: next_item(runs, rating, request.query_params))
+
+    @app.post("/api/rate/vote")
+    async def rate_vote(request: Request):
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            return JSONResponse({"detail": f"request body too large: at most {MAX_BODY} bytes"}, 413)
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            return JSONResponse({"detail": "the vote must be JSON: {\"item\", \"answer\", \"rater\"}"}, 400)
+        return answer_json(lambda: vote(runs, rating, body))
+
+    @app.get("/api/rate/scores")
+    def rate_scores(request: Request):
+        return answer_json(lambda: scores_of(_run(runs, request.query_params)))
+
     return app
 
 
@@ -250,6 +425,15 @@ img{image-rendering:pixelated;border:1px solid #eee;margin-top:.5rem} button{pad
 <span id="options"></span>
 <button id="generate">Generate</button> <a id="download" download="genlab-grid.png" href="#">download PNG</a>
 <div id="error"></div><img id="grid" alt="generated grid">
+</fieldset>
+<fieldset id="rate"><legend>Rate: can people tell the samples from real images?</legend>
+<label>protocol <select id="protocol"><option value="real-or-fake">real or fake (one image)</option>
+<option value="a-or-b">A or B (two runs, same class)</option></select></label>
+<label id="other-box" hidden>against <select id="other"></select></label>
+<button id="rate-start">Start rating</button>
+<div id="rate-images"></div>
+<div id="rate-buttons" hidden></div>
+<div id="rate-score"></div>
 </fieldset>
 <fieldset id="interp-box"><legend>Interpolate between two seeds</legend>
 <label>seed A <input id="seed-a" type="number" min="0" value="0"></label>
@@ -300,10 +484,49 @@ function frame() {
   if (current().conditional && $("label").value !== "") extra.label = $("label").value;
   show($("frame"), "/api/interpolate.png?" + query(extra));
 }
+let rater = localStorage.getItem("genlab-rater");
+if (!rater) { rater = "r" + Math.random().toString(36).slice(2, 12); localStorage.setItem("genlab-rater", rater); }
+let item = null;
+function pct(x) { return Math.round(100 * x) + "%"; }
+function showScores(scores) {
+  const lines = [];
+  const names = {error_rate: "human error rate", fake_error_rate: "samples taken for real", preference: "preferred"};
+  for (const [k, v] of Object.entries(scores)) {
+    lines.push(names[k] + " " + pct(v.value) + " [" + pct(v.low) + ", " + pct(v.high) + "], " + v.votes + " votes");
+  }
+  $("rate-score").textContent = lines.join("; ");
+}
+async function nextItem() {
+  $("error").textContent = "";
+  const p = new URLSearchParams({run: $("run").value, protocol: $("protocol").value, rater: rater});
+  if ($("protocol").value === "a-or-b") p.set("other", $("other").value);
+  const res = await fetch("/api/rate/next?" + p.toString());
+  const data = await res.json();
+  if (!res.ok) { $("error").textContent = data.detail; return; }
+  item = data.item;
+  $("rate-images").innerHTML = data.images.map((src, i) => '<img class="rate-image" src="' + src + '" alt="image ' + (i + 1) + '">').join(" ");
+  const answers = data.protocol === "real-or-fake" ? ["real", "fake"] : ["left", "right"];
+  $("rate-buttons").innerHTML = answers.map(a => '<button class="answer" data-answer="' + a + '">' + a + '</button>').join(" ");
+  $("rate-buttons").hidden = false;
+  document.querySelectorAll(".answer").forEach(b => b.onclick = () => answer(b.dataset.answer));
+}
+async function answer(value) {
+  const res = await fetch("/api/rate/vote", {method: "POST", headers: {"Content-Type": "application/json"},
+                                             body: JSON.stringify({item: item, answer: value, rater: rater})});
+  const data = await res.json();
+  if (!res.ok) { $("error").textContent = data.detail; return; }
+  showScores(data.scores[$("run").value] || {});
+  nextItem();
+}
+$("protocol").onchange = () => { $("other-box").hidden = $("protocol").value !== "a-or-b"; };
+$("rate-start").onclick = nextItem;
 fetch("/api/runs").then(r => r.json()).then(data => {
   runs = data.runs;
   $("run").innerHTML = runs.map(r => '<option>' + esc(r.name) + '</option>').join("");
+  $("other").innerHTML = runs.map(r => '<option>' + esc(r.name) + '</option>').join("");
+  if (runs.length > 1) $("other").value = runs[1].name;
   showRun(); frame();
+  fetch("/api/rate/scores?run=" + encodeURIComponent($("run").value)).then(r => r.json()).then(d => showScores(d.scores || {}));
 });
 $("run").onchange = () => { showRun(); frame(); };
 $("generate").onclick = generate;

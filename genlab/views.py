@@ -83,8 +83,9 @@ def views(model, images: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[
     out = {}
     if isinstance(model, LatentSpace):
         out["interpolation"] = latent_interpolation(model)
-    if isinstance(model, Encoder) and isinstance(model, LatentSpace):
+    if isinstance(model, Encoder):
         out["reconstructions"] = reconstructions(model, images[:32], labels[:32])
+    if isinstance(model, Encoder) and isinstance(model, LatentSpace):
         out["real-interpolation"] = real_interpolation(model, images, labels)
         found = traversal(model, images, labels)
         if found is not None:

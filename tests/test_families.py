@@ -17,6 +17,10 @@ SMALL = {  # options that make each family tiny
     "gan-mlp": [], "dcgan": ["--width", "8"], "vae": ["--width", "8"], "vae-mlp": ["--width", "8"],
     "transformer": ["--d-model", "16", "--layers", "1", "--heads", "2"],
     "diffusion": ["--width", "8", "--timesteps", "20", "--sample-steps", "3"],
+    "latent-diffusion": ["--width", "8", "--timesteps", "20", "--sample-steps", "3", "--first-stage-width", "16",
+                         "--first-stage-steps", "30"],
+    "latent-transformer": ["--d-model", "16", "--layers", "1", "--heads", "2", "--codebook-size", "32",
+                           "--first-stage-width", "16", "--first-stage-steps", "30"],
 }
 VIEWS = {  # the views each family's run must leave in samples/
     "gan-mlp": {"interpolation"}, "dcgan": {"interpolation"},
@@ -24,12 +28,16 @@ VIEWS = {  # the views each family's run must leave in samples/
     "vae-mlp": {"interpolation", "reconstructions", "real-interpolation", "traversal"},
     "transformer": set(),  # no latent space: its samples are the view
     "diffusion": {"denoising"},
+    "latent-diffusion": {"denoising", "reconstructions"},  # the first stage's reconstructions
+    "latent-transformer": {"reconstructions"},
 }
 
 OPTIONS = {  # a valid value of every sampling option each family has
     "gan-mlp": {}, "dcgan": {}, "vae": {"temperature": "0.5"}, "vae-mlp": {"temperature": "0.5"},
     "transformer": {"temperature": "0.9", "top_k": "3"},
     "diffusion": {"sampler": "ddim", "steps": "2", "eta": "0.5", "guidance": "2"},
+    "latent-diffusion": {"sampler": "ddim", "steps": "2", "eta": "0.5", "guidance": "2"},
+    "latent-transformer": {"temperature": "0.9", "top_k": "3"},
 }
 
 

@@ -12,13 +12,18 @@ every read and write of its files.
     best.safetensors   with --eval-every: the state with the lowest FID so far
     eval.json          written by `genlab eval RUN` (genlab.metrics.evaluate.evaluate_run)
     diagnostics.jsonl  each training failure diagnosed, as it started
+    ratings.jsonl      people's votes from `genlab serve` (real or fake, A or B)
+    README.md          the model card: what the model is, its data, budget, scores, how to load it
+    tensorboard/       with --tensorboard: TensorBoard's event files
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 from genlab.config import RunConfig, config_text, load_config
@@ -26,6 +31,7 @@ from genlab.core.checkpoint import load_state, save_state, write_atomic
 from genlab.errors import GenlabError
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})\.safetensors$")
+_APPEND_LOCK = threading.Lock()  # one writer at a time within a process (the web demo's threads)
 
 
 class Run:
@@ -36,6 +42,7 @@ class Run:
         "config.yaml", "run.json", "log.jsonl", "samples", "loss_curve.png", "model.safetensors")
     METRICS, BEST, EVAL, DIAGNOSES, CHECKPOINTS = (
         "metrics.jsonl", "best.safetensors", "eval.json", "diagnostics.jsonl", "checkpoints")
+    RATINGS, CARD, TENSORBOARD = "ratings.jsonl", "README.md", "tensorboard"
     MARKERS = (CONFIG, META)
 
     def __init__(self, path: str | Path):
@@ -166,6 +173,20 @@ class Run:
         except OSError as err:
             raise GenlabError(f"cannot write {self.path / name} ({err.strerror or err}); free some space "
                               "and resume with `genlab train --resume RUN`") from None
+
+    def append_durably(self, name: str, record: dict) -> None:
+        """One record as one line, written with a single O_APPEND write and fsynced before returning:
+        concurrent writers (threads or processes) never interleave or lose a line."""
+        line = (json.dumps(record) + "\n").encode()
+        with _APPEND_LOCK:
+            fd = os.open(self.path / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(f"short write ({written} of {len(line)} bytes)")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def truncate_logs(self, step: int) -> None:
         """Drop the lines a killed session wrote after the checkpoint it resumes from."""

@@ -41,6 +41,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX or AVX-512 BF16; read from /proc/cpuinfo, so
+    Linux only): without it, bf16 autocast runs ~10x slower than fp32 (measured on an AVX2 EPYC)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto` picks the fastest precision the hardware runs well; any other name is kept."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
 def seed_everything(seed: int) -> None:
     """Python's, NumPy's and torch's global generators from one seed."""
     random.seed(seed)
@@ -91,6 +111,7 @@ class Runtime:
 
     @classmethod
     def create(cls, device: torch.device, precision: str = "fp32", rank: int = 0, world_size: int = 1) -> "Runtime":
+        precision = resolve_precision(precision, device)
         if precision not in PRECISIONS:
             raise GenlabError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision == "fp16" and device.type != "cuda":

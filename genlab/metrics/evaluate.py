@@ -17,8 +17,10 @@ from genlab.data import load_dataset, with_split
 from genlab.data.convert import FILTER
 from genlab.errors import GenlabError
 from genlab.generate import labels_for, load_run, sample_from
+from genlab.metrics.card import write_card
 from genlab.metrics.contrastive import get_contrastive_extractor
 from genlab.metrics.features import Extractor, get_extractor, load_extractor
+from genlab.metrics.human import describe, human_scores
 from genlab.metrics.model_metrics import likelihood, ppl
 from genlab.metrics.reference import copying, get_reference, real_floor, score_features, split_reference
 from genlab.metrics.samples import load_samples_file, prepare_samples
@@ -160,8 +162,13 @@ def evaluate_run(run_dir: str | Path, n: int = EvalOptions.n, seed: int = EvalOp
                       log=log)
     result["run"] = str(run_dir)
     result["model"] = config.model.name
+    run = Run.open(run_dir)
+    human = human_scores(run.read_lines(Run.RATINGS), run.name)
+    if human:
+        result["human"] = human  # people's votes (genlab serve) beside the numbers
     if save:
-        Run.open(run_dir).write_eval(result)
+        run.write_eval(result)
+        write_card(run)
     return result
 
 
@@ -201,4 +208,5 @@ def format_table(result: dict) -> str:
             f"{result.get('heldout_n', '?')} held-out images, its floor real training images; resizing: "
             f"{result.get('resize_filter', '-')}")
     convention = [f"likelihood: {result['likelihood_convention']}"] if result.get("likelihood_convention") else []
-    return "\n".join([head, *lines, *convention, *[f"warning: {w}" for w in result["warnings"]]])
+    human = [f"people: {name}: {text}" for name, text in describe(result.get("human", {}))]
+    return "\n".join([head, *lines, *convention, *human, *[f"warning: {w}" for w in result["warnings"]]])

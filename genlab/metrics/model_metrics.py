@@ -54,7 +54,7 @@ def likelihood(model, test: ImageSet, limit: int = 10_000) -> dict | None:
         return [fn(images[i:i + 500], **({"labels": labels[i:i + 500]} if conditional else {}))
                 for i in range(0, len(images), 500)]
 
-    dims = images[0].numel()
+    dims = model.likelihood_dims
     if isinstance(model, LikelihoodBounds):  # a VAE: the ELBO beside the importance-weighted estimate
         both = per_batch(model.likelihood_bounds)
         elbo, ll = (torch.cat([b[j].double().cpu() for b in both]) for j in (0, 1))

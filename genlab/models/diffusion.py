@@ -101,15 +101,17 @@ class Schedule:
         ab = self._at(self.abar, t, x0)
         return ab.sqrt() * noise - (1 - ab).sqrt() * x0
 
-    def x0_and_eps(self, x_t, t, out, prediction: str):
-        """(x_0, eps) from the network's output; x_0 clipped to the data range [-1, 1] and eps
-        recomputed from it, so that every sampler steps from the same consistent pair."""
+    def x0_and_eps(self, x_t, t, out, prediction: str, clip: float | None = 1.0):
+        """(x_0, eps) from the network's output; x_0 clipped to the data range [-clip, clip] (pixels:
+        [-1, 1]; latents have none) and eps recomputed from it, so that every sampler steps from
+        the same consistent pair."""
         ab = self._at(self.abar, t, x_t)
         if prediction == "v":
             x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * out
         else:
             x0 = (x_t - (1 - ab).sqrt() * out) / ab.sqrt()
-        x0 = x0.clamp(-1, 1)
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
         eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
         return x0, eps
 
@@ -237,14 +239,28 @@ class Diffusion:
     """A diffusion model as a genlab family: U-Net, its EMA, one Adam optimiser, the schedule."""
 
     SamplingOptions = DiffusionSampling
+    x0_clip: float | None = 1.0  # the data's range: pixels lie in [-1, 1]
+
+    def space(self, image_shape) -> tuple[int, int, int]:
+        """The shape of what is diffused: the pixels themselves."""
+        common.check_image_size(image_shape, "diffusion")
+        return tuple(image_shape)
+
+    def to_space(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> what is diffused: pixels in [-1, 1]."""
+        return to_unit(images.to(self.device))
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """What was diffused -> images in [-1, 1]."""
+        return x.clamp(-1, 1)
 
     def __init__(self, config: DiffusionConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
         self.config = config
         self.rt = runtime or Runtime()
         self.device = self.rt.device
         self.image_shape = tuple(image_shape)
-        c, h, w = self.image_shape
-        common.check_image_size(self.image_shape, "diffusion")
+        self.space_shape = self.space(self.image_shape)
+        c, h, _ = self.space_shape
         self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
         self.unet = UNet(c, config.width, self.conditional_classes, config.dropout, h).to(self.device)
         self.ema = EMA(self.unet, config.ema, warmup=True)  # early weights fade fast
@@ -261,7 +277,7 @@ class Diffusion:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
         """One Adam step on E_t,eps ||target - UNet(x_t, t)||^2 with t uniform and target eps or v."""
         rt, cfg = self.rt, self.config
-        x0 = to_unit(images.to(self.device))
+        x0 = self.to_space(images)
         t = torch.randint(0, cfg.timesteps, (len(x0),), device=self.device)
         noise = torch.randn_like(x0)
         x_t = self.schedule.q_sample(x0, t, noise)
@@ -300,7 +316,7 @@ class Diffusion:
             both = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
             cond, uncond = both.chunk(2)
             out = uncond + guidance * (cond - uncond)
-        return self.schedule.x0_and_eps(x_t, t, out.float(), self.config.prediction)
+        return self.schedule.x0_and_eps(x_t, t, out.float(), self.config.prediction, self.x0_clip)
 
     def timesteps_for(self, sampler: str, steps: int) -> list[int]:
         """The steps a sampler visits, from T-1 down: all of them for DDPM, `steps` evenly spaced for DDIM."""
@@ -322,7 +338,7 @@ class Diffusion:
             raise GenlabError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
         check_sampling(steps, eta, guidance, cfg.timesteps)
         y = self._labels(labels, n)
-        x = torch.randn(n, *self.image_shape, generator=generator).to(self.device)
+        x = torch.randn(n, *self.space_shape, generator=generator).to(self.device)
         ts = self.timesteps_for(sampler, steps)
         snaps, every = [], max(1, len(ts) // keep) if keep else 0
         for i, t_now in enumerate(ts):
@@ -336,8 +352,8 @@ class Diffusion:
             last = i + 1 == len(ts)
             x = mean if last else mean + std * torch.randn(x.shape, generator=generator).to(self.device)
             if keep and (i % every == 0) and len(snaps) < keep - 1:
-                snaps.append(x.clamp(-1, 1).cpu())
-        return (x.clamp(-1, 1), snaps + [x.clamp(-1, 1).cpu()]) if keep else x.clamp(-1, 1)
+                snaps.append(self.to_images(x).cpu())
+        return (self.to_images(x), snaps + [self.to_images(x).cpu()]) if keep else self.to_images(x)
 
     def sampling_defaults(self) -> DiffusionSampling:
         cfg = self.config

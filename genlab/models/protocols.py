@@ -10,6 +10,8 @@ instead of probing for attributes:
   (`LikelihoodBounds`: a lower bound beside it, the VAE's ELBO);
 - `Discriminated` and `Diagnosed`: a discriminator's scores, and watches of the family's own
   failures (the GAN's), which the Trainer's diagnostics run without knowing what they watch;
+- `Prepared`: a family that needs the training data before its first step (a latent family's
+  first stage);
 - `OwnViews`: pictures only this family can draw (diffusion's denoising chains).
 """
 
@@ -72,6 +74,7 @@ class Encoder(Protocol):
 @runtime_checkable
 class Likelihood(Protocol):
     likelihood_convention: str  # what the numbers are of: binarised? quantised? exact or a bound?
+    likelihood_dims: int  # how many dimensions the likelihood is over (bits per dimension divide by it)
 
     def log_likelihood(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x) [n] in nats (log p(x | y) for a conditional model)."""
@@ -98,6 +101,13 @@ class Diagnosed(Protocol):
                 heldout: tuple[torch.Tensor, torch.Tensor] | None, seed: int) -> list:
         """Watches (genlab.models.diagnosis.Watch) of this family's own failures, given training
         and held-out images with their labels."""
+
+
+@runtime_checkable
+class Prepared(Protocol):
+    def prepare(self, data, heldout, log) -> dict:
+        """Make what the family needs from the training data (ImageSet; `heldout` may be None)
+        before its first step, e.g. a latent family's first stage; returns what run.json records."""
 
 
 @runtime_checkable

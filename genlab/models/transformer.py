@@ -200,6 +200,11 @@ class Transformer:
     """A pixel Transformer as a genlab family: the network and one AdamW optimiser."""
 
     SamplingOptions = TransformerSampling
+    sample_chunk = SAMPLE_CHUNK
+
+    def sequence(self) -> tuple[int, int]:
+        """(length, vocabulary) of the sequences modelled: every pixel, `levels` intensities."""
+        return math.prod(self.image_shape), self.config.levels
 
     def __init__(self, config: TransformerConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
         self.config = config
@@ -207,12 +212,17 @@ class Transformer:
         self.device = self.rt.device
         self.image_shape = tuple(image_shape)
         self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
-        self.length = math.prod(self.image_shape)
-        self.net = PixelTransformer(self.length, config.levels, self.conditional_classes or 1, config).to(self.device)
+        self.length, self.vocab = self.sequence()
+        self.net = PixelTransformer(self.length, self.vocab, self.conditional_classes or 1, config).to(self.device)
         decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and not n.startswith(("embed", "pos"))]
         no_decay = [p for n, p in self.net.named_parameters() if not any(p is q for q in decay)]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
+
+    @property
+    def likelihood_dims(self) -> int:
+        """The likelihood is of every pixel value (bits per dimension divide by their number)."""
+        return math.prod(self.image_shape)
 
     @property
     def likelihood_convention(self) -> str:
@@ -239,7 +249,7 @@ class Transformer:
 
     def _starts(self, labels, n: int) -> torch.Tensor:
         """The start token of each sequence: the class token, or the one start token."""
-        base = self.config.levels
+        base = self.vocab
         if not self.conditional_classes:
             return torch.full((n,), base, dtype=torch.int64, device=self.device)
         return base + common.check_labels(labels, n, self.conditional_classes, self.device)
@@ -256,7 +266,7 @@ class Transformer:
         y = labels if self.conditional_classes else None
         with rt.autocast():
             logits = self.net(self._inputs(targets, y))
-            loss = F.cross_entropy(logits.float().reshape(-1, self.config.levels), targets.reshape(-1))
+            loss = F.cross_entropy(logits.float().reshape(-1, self.vocab), targets.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         rt.backward(loss)
         grad = rt.finish_grads("Transformer", self.net, self.opt, loss)
@@ -292,7 +302,7 @@ class Transformer:
         or without the cache and on any device."""
         t_ = self.config.temperature if temperature is None else temperature
         k_ = self.config.top_k if top_k is None else top_k
-        check_sampling(t_, k_, self.config.levels)
+        check_sampling(t_, k_, self.vocab)
         u = torch.rand(n, self.length, generator=generator).to(self.device)
         starts = self._starts(labels, n)
         tokens = torch.zeros(n, self.length, dtype=torch.int64, device=self.device)
@@ -326,8 +336,8 @@ class Transformer:
         k = self.conditional_classes
         labels = None if not k else (common.balanced_labels(n, k) if labels is None else torch.as_tensor(labels))
         parts = []
-        for start in range(0, n, SAMPLE_CHUNK):
-            m = min(SAMPLE_CHUNK, n - start)
+        for start in range(0, n, self.sample_chunk):
+            m = min(self.sample_chunk, n - start)
             part_labels = labels[start:start + m] if labels is not None else None
             parts.append(self.generate(m, part_labels, generator, opts.temperature, opts.top_k, cache).cpu())
         return self.images(torch.cat(parts))

@@ -235,6 +235,11 @@ class Vae:
         return self.config.latent_dim
 
     @property
+    def likelihood_dims(self) -> int:
+        """The likelihood is of every pixel value (bits per dimension divide by their number)."""
+        return math.prod(self.image_shape)
+
+    @property
     def likelihood_convention(self) -> str:
         """What the likelihood numbers are of, so they are compared with the right published ones."""
         if self.config.likelihood == "bernoulli":

@@ -18,6 +18,7 @@ from genlab.core.images import make_grid, png_bytes
 from genlab.core.run import Run
 from genlab.errors import GenlabError
 from genlab.generate import load
+from genlab.metrics.human import describe, human_scores
 
 STRIP_FRAMES = 8  # sample grids shown from first to last epoch
 
@@ -189,6 +190,10 @@ def _metrics(run: Run, files: Path) -> str:
                     "samples and unseen real images sit to the training images (Meehan et al. 2020).</p>")
         body.append(table_html(rows, ["metric", "value", "real floor", "better"]))
         body += [f'<div class="diag">{html.escape(w)}</div>' for w in result.get("warnings", [])]
+    human = human_scores(run.read_lines(Run.RATINGS), run.name)
+    if human:
+        body.append("<p>People's votes in <code>genlab serve</code> (Rate), with bootstrap 95 % intervals:</p>")
+        body.append(table_html([[name, text] for name, text in describe(human)], ["people", "value"]))
         if result.get("likelihood_convention"):
             body.append(f"<p>Likelihood: {html.escape(result['likelihood_convention'])}.</p>")
     else:
@@ -258,14 +263,17 @@ def run_row(run: Run) -> dict:
     row = {"run": run.name, "path": str(run.path), "model": meta.get("model"), "dataset": meta.get("dataset"),
            "steps": meta.get("steps"), "minutes": (meta.get("seconds") or 0) / 60, "img_per_s": meta.get("img_per_s")}
     row.update({k: result["metrics"].get(k, {}).get("value") for k in COLUMNS})
+    error = human_scores(run.read_lines(Run.RATINGS), run.name).get("error_rate")
+    row["human"] = (f"{error['value']:.0%} [{error['low']:.0%}, {error['high']:.0%}], {error['votes']} votes"
+                    if error else "-")
     return row
 
 
 def compare_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["run", "model", "dataset", "budget", "img/s", "FID", "FID held-out", "KID", "IS", "precision", "recall",
-            "recall held-out", "coverage", "copying C_T", "NLL (nats)"]
+            "recall held-out", "coverage", "copying C_T", "NLL (nats)", "human error rate"]
     body = [[r["run"], r["model"], r["dataset"], f"{r['minutes']:.1f} min, {r['steps']} steps", fmt(r["img_per_s"]),
-             *[fmt(r[k]) for k in COLUMNS]] for r in rows]
+             *[fmt(r[k]) for k in COLUMNS], r["human"]] for r in rows]
     return head, body
 
 

@@ -23,8 +23,9 @@ import torch
 
 from genlab.config import TrainConfig
 from genlab.core import distributed
-from genlab.core.images import save_grid
+from genlab.core.images import make_grid, save_png
 from genlab.core.run import Run
+from genlab.errors import GenlabError
 from genlab.models.diagnosis import Diagnostics
 
 
@@ -187,21 +188,25 @@ class Grids(Callback):
 
     def __init__(self, run: Run, cfg: TrainConfig):
         self.run, self.cfg = run, cfg
+        self.listeners: list = []  # called with (name, grid [H, W, C] uint8, step) (TensorBoard)
 
-    def draw(self, model, name: str) -> None:
+    def draw(self, model, name: str, step: int) -> None:
         fixed = torch.Generator().manual_seed(self.cfg.seed)
         k = model.conditional_classes
         n, nrow = (k * -(-self.cfg.grid_size // k), k) if k else (self.cfg.grid_size, None)
-        save_grid(model.sample(n, generator=fixed), self.run / Run.SAMPLES / f"{name}.png", nrow=nrow)
+        grid = make_grid(model.sample(n, generator=fixed), nrow)
+        save_png(grid, self.run / Run.SAMPLES / f"{name}.png", scale=2)
+        for listener in self.listeners:
+            listener(name, grid, step)
 
     def on_step(self, trainer, logs) -> None:
         state = trainer.state
         if state.step % trainer.per_epoch == 0 and state.epoch % self.cfg.grid_every == 0:
-            self.draw(trainer.model, f"epoch_{state.epoch:03d}")
+            self.draw(trainer.model, f"epoch_{state.epoch:03d}", state.step)
 
     def on_end(self, trainer, status: str) -> None:
         if trainer.state.step % trainer.per_epoch:
-            self.draw(trainer.model, "final")  # stopped mid-epoch: still show where it got to
+            self.draw(trainer.model, "final", trainer.state.step)  # stopped mid-epoch: still show where it got to
 
 
 class Evaluation(Callback):
@@ -302,3 +307,53 @@ def all_ranks_stop(reasons: list[str], ranks, device) -> str:
     if distributed.any_rank(bool(reason), ranks, device) and not reason:
         reason = "stopped by another rank"
     return reason
+
+
+class TensorBoard(Callback):
+    """TensorBoard's event files in RUN/tensorboard/: every logged scalar (losses, D(x), D(G(z)),
+    gradient norms, img/s), the --eval-every metrics, the epoch grids as images and each diagnosis as
+    text. A resumed run purges the events its killed session wrote after the checkpoint (purge_step),
+    so the curves stay continuous as the weights do."""
+
+    name = "tensorboard"
+
+    def __init__(self, run: Run, resumed_from: int | None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise GenlabError("--tensorboard needs TensorBoard: pip install 'genlab[tensorboard]' (or leave out "
+                              "--tensorboard)") from None
+        purge = resumed_from + 1 if resumed_from is not None else None
+        self.writer = SummaryWriter(str(run / Run.TENSORBOARD), purge_step=purge)
+
+    def attach(self, callbacks: list[Callback]) -> None:
+        """Listen to what the other callbacks record."""
+        for cb in callbacks:
+            if isinstance(cb, Logger):
+                cb.listeners.append(self.line)
+            elif isinstance(cb, Evaluation):
+                cb.listeners.append(self.scores)
+            elif isinstance(cb, Diagnosing):
+                cb.listeners.append(self.diagnosis)
+            elif isinstance(cb, Grids):
+                cb.listeners.append(self.grid)
+
+    def line(self, line: dict) -> None:
+        for key, value in line.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"train/{key}", value, line["step"])
+
+    def scores(self, step: int, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"eval/{key}", value, step)
+
+    def diagnosis(self, d) -> None:
+        self.writer.add_text(f"diagnosis/{d.kind}", d.sentence, d.step)
+
+    def grid(self, name: str, array, step: int) -> None:
+        self.writer.add_image(f"samples/{name.split('_')[0]}", array, step, dataformats="HWC")
+
+    def on_end(self, trainer, status: str) -> None:
+        self.writer.flush()
+        self.writer.close()

@@ -31,14 +31,15 @@ from genlab.core import distributed
 from genlab.core.checkpoint import load_into, save_state
 from genlab.core.run import Run
 from genlab.core.runtime import NonFiniteError, Runtime, capture_rng, resolve_device, restore_rng, seed_everything
-from genlab.data import ImageSet, load_dataset, load_heldout
+from genlab.data import DATASETS, ImageSet, load_dataset, load_heldout
 from genlab.errors import GenlabError
+from genlab.metrics.card import write_card
 from genlab.models import build_model
 from genlab.models.diagnosis import Diagnostics, GradientWatch
-from genlab.models.protocols import Diagnosed
+from genlab.models.protocols import Diagnosed, Prepared
 from genlab.plots import plot_curves
 from genlab.training.callbacks import (Budget, Callback, Checkpoints, Diagnosing, Evaluation, Grids, Logger,
-                                       Signals, all_ranks_stop)
+                                       Signals, TensorBoard, all_ranks_stop)
 from genlab.version import __version__
 from genlab.views import save_views
 
@@ -200,13 +201,15 @@ def run_metadata(config: RunConfig, data: ImageSet, rt: Runtime, model) -> dict:
         "dataset_checksum": data.checksum, "num_images": len(data), "image_shape": list(data.shape),
         "num_classes": data.num_classes, "class_names": data.class_names,
         "conditional_classes": model.conditional_classes,
+        "parameters": {name: sum(p.numel() for p in net.parameters()) for name, net in model.nets().items()},
+        "dataset_licence": DATASETS[config.data.dataset].licence if config.data.dataset in DATASETS else "not stated",
         "class_counts": torch.bincount(data.labels, minlength=data.num_classes).tolist(), "command": sys.argv, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
     }
 
 
 def make_callbacks(config: RunConfig, run: Run | None, model, data: ImageSet, ranks: distributed.Ranks,
-                   scorer=None) -> list[Callback]:
+                   scorer=None, resumed_from: int | None = None) -> list[Callback]:
     """The callbacks of a run: every rank stops alike; the first rank keeps the record."""
     cfg = config.train
     callbacks: list[Callback] = [Budget(), Signals()]
@@ -219,6 +222,10 @@ def make_callbacks(config: RunConfig, run: Run | None, model, data: ImageSet, ra
         if cfg.diagnose_every:
             callbacks.append(Diagnosing(run, diagnostics_for(model, data, config), cfg.diagnose_every, logger.say,
                                         evaluation))
+    if cfg.tensorboard and ranks.is_main:
+        board = TensorBoard(run, resumed_from)
+        board.attach(callbacks)
+        callbacks.append(board)
     callbacks.append(Checkpoints(run, cfg, ranks.is_main))
     return callbacks
 
@@ -231,6 +238,22 @@ def diagnostics_for(model, data: ImageSet, config: RunConfig) -> Diagnostics:
         watches = model.watches((data.images, data.labels), heldout and (heldout.images, heldout.labels),
                                 config.train.seed)
     return Diagnostics([*watches, GradientWatch()])
+
+
+def prepare(model, data: ImageSet, config: RunConfig, ranks: distributed.Ranks) -> tuple[dict | None, float]:
+    """What a `Prepared` family needs before its first step (a latent family's first stage, from
+    the cache or trained now), and the seconds it took. Under torchrun the first rank fills the cache
+    before the others read it."""
+    if not isinstance(model, Prepared):
+        return None, 0.0
+    started = time.monotonic()
+    heldout = load_heldout(config.data) if config.data.split == "train" else None
+    say = (lambda text: print(text, file=sys.stderr)) if ranks.is_main else (lambda text: None)
+    for turn in ((0,), range(1, ranks.world_size)) if ranks.world_size > 1 else ((0,),):
+        if ranks.rank in turn:
+            info = model.prepare(data, heldout, say)
+        distributed.barrier()
+    return info, time.monotonic() - started
 
 
 def make_scorer(config: RunConfig, data: ImageSet, ranks: distributed.Ranks):
@@ -265,6 +288,7 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
     steps_per_epoch(len(data), config.train.batch_size)
     seed_everything(config.train.seed)
     model = build_model(config.model, data.shape, data.num_classes, rt)
+    prepared, prepare_seconds = prepare(model, data, config, ranks) if tree is None else (None, 0.0)
     distributed.broadcast_params(model.nets().values())
     if config.train.compile:
         for net in model.nets().values():
@@ -272,10 +296,15 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
     scorer = make_scorer(config, data, ranks)
     if ranks.is_main and tree is None:
         meta = run_metadata(config, data, rt, model)
+        if prepared is not None:
+            meta["prepared"] = prepared
         run = Run.create(run.path, config, meta)
     distributed.barrier()
 
-    trainer = Trainer(model, data, config.train, rt, ranks, make_callbacks(config, run, model, data, ranks, scorer))
+    resumed_from = tree["loop"]["step"] if tree is not None else None
+    trainer = Trainer(model, data, config.train, rt, ranks,
+                      make_callbacks(config, run, model, data, ranks, scorer, resumed_from))
+    trainer.state.seconds = prepare_seconds  # a first stage trained now is part of the budget
     if tree is not None:
         if ranks.is_main:
             run.truncate_logs(tree["loop"]["step"])  # what a killed session wrote after its checkpoint
@@ -337,3 +366,4 @@ def save_results(trainer: Trainer, run: Run, meta: dict, status: str) -> None:
                 img_per_s=round(state.images_seen / max(state.seconds, 1e-9), 1),
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     run.write_meta(meta)
+    write_card(run)

@@ -65,6 +65,7 @@ class ConstantModel:
 
 class LikelihoodModel(ConstantModel):
     likelihood_convention = "a constant, for the test"
+    likelihood_dims = 784
 
     def sample(self, n, labels=None, generator=None):
         return torch.zeros(n, 1, 28, 28, dtype=torch.uint8)

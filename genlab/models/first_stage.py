@@ -1,0 +1,430 @@
+"""The first stage of latent generative models: a convolutional autoencoder that maps an image to a
+small grid of latents, trained once per dataset and settings, cached, and shared by every prior.
+
+Two kinds (Rombach et al. 2022, https://arxiv.org/abs/2112.10752, Sec. 3 and G):
+- `kl`: a continuous latent z ~ q(z|x) with a small KL weight; after training, latents are scaled by
+  1 / std(z) over the data so that the prior sees unit variance (Stable Diffusion's scale factor);
+- `vq`: a codebook of K vectors (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937): each
+  latent vector is replaced by its nearest code, the codebook follows the encoder by exponential
+  moving averages (Razavi et al. 2019, arXiv:1906.00446), a commitment loss keeps the encoder close
+  to its codes, and codes nobody uses are restarted on encoder outputs; an image becomes a grid of
+  integer tokens.
+
+Reconstruction loss L1 + L2, plus optionally a small patch discriminator for sharpness (Esser et al.
+2021, VQGAN; genlab's GAN losses and spectral normalisation). 28 or 32 px -> 7x7 or 8x8 latents
+(downsample 4), 64 px -> 16x16 (4) or 8x8 (8), 28 px with 8 -> 3x3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.config import option
+from genlab.core.checkpoint import load_into, load_state, save_state
+from genlab.data import ImageSet
+from genlab.errors import GenlabError
+from genlab.models.common import to_uint8, to_unit
+from genlab.models.nets import maybe_sn
+from genlab.paths import cache_dir
+
+KINDS = ("kl", "vq")
+WEIGHTS, SPEC = "first_stage.safetensors", "spec.json"
+
+
+@dataclass(frozen=True)
+class FirstStageSettings:
+    """What decides a first stage (and so its cache entry), beside the data."""
+
+    kind: str = "kl"
+    downsample: int = 4  # image side / latent side
+    channels: int = 4  # latent channels (kl) or code dimension (vq)
+    codebook_size: int = 256  # vq
+    width: int = 32
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 1e-3
+    kl_weight: float = 1e-3  # kl: of the mean KL per latent element, against mean L1 + L2 per pixel
+    commitment: float = 0.25  # vq: beta of the commitment loss
+    adversarial: float = 0.0  # weight of the patch discriminator's loss for G (0: none)
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- networks
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1),
+                                 nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
+
+    def forward(self, x):
+        return x + self.net(x)
+
+
+def levels(downsample: int) -> int:
+    return int(math.log2(downsample))
+
+
+class Encoder(nn.Module):
+    """x [B, C, H, W] in [-1, 1] -> [B, out, h, w]: a 3x3 stem, then stride-2 convolutions, each
+    followed by a residual block at its lower resolution (none at full resolution: on a CPU the
+    work at H x W would dominate; measured below 40 MFLOP an image at 28 px)."""
+
+    def __init__(self, c: int, width: int, out: int, downsample: int):
+        super().__init__()
+        layers, c_in = [nn.Conv2d(c, width, 3, padding=1)], width
+        for i in range(levels(downsample)):
+            c_out = width if i == 0 else 2 * width
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), ResBlock(c_out)]
+            c_in = c_out
+        layers += [nn.GroupNorm(8, c_in), nn.SiLU(), nn.Conv2d(c_in, out, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """[B, latent, h, w] -> x [B, C, H, W] in [-1, 1]: nearest upsampling, each step a 3x3
+    convolution and (below full resolution) a residual block; sizes that are not a power-of-two
+    multiple (28 from 7, or from 3) are reached by the upsampling itself."""
+
+    def __init__(self, c: int, width: int, latent: int, downsample: int, side: int):
+        super().__init__()
+        n = levels(downsample)
+        self.sizes = [side // 2 ** (n - 1 - i) for i in range(n)]  # 7 -> 14 -> 28
+        top = width * (2 if n > 1 else 1)
+        self.stem = nn.Sequential(nn.Conv2d(latent, top, 3, padding=1), ResBlock(top))
+        self.ups = nn.ModuleList()
+        c_in = top
+        for i in range(n):
+            last = i == n - 1
+            c_out = width // 2 if last else (width if i == n - 2 else top)
+            self.ups.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), *([] if last else [ResBlock(c_out)])))
+            c_in = c_out
+        self.out = nn.Sequential(nn.GroupNorm(min(8, c_in), c_in), nn.SiLU(), nn.Conv2d(c_in, c, 3, padding=1))
+
+    def forward(self, z):
+        h = self.stem(z)
+        for size, up in zip(self.sizes, self.ups):
+            h = up(F.interpolate(h, size=(size, size), mode="nearest"))
+        return self.out(h)
+
+
+class Codebook(nn.Module):
+    """K code vectors of dimension D, updated by exponential moving averages of the encoder outputs
+    assigned to them (no gradient), with restarts of codes that fall out of use."""
+
+    def __init__(self, k: int, d: int, decay: float = 0.99):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("codes", torch.randn(k, d) * 0.1)
+        self.register_buffer("cluster_size", torch.ones(k))
+        self.register_buffer("code_sum", self.codes.clone())
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Code indices [N] of vectors z [N, D]."""
+        d = z.square().sum(1, keepdim=True) - 2 * z @ self.codes.T + self.codes.square().sum(1)
+        return d.argmin(1)
+
+    @torch.no_grad()
+    def update(self, z: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> int:
+        """The EMA step from this batch's assignments; restart codes whose EMA count fell below
+        1 / K of a batch on random encoder outputs. Returns how many were restarted."""
+        k = len(self.codes)
+        onehot = F.one_hot(idx, k).to(z.dtype)  # [N, K]
+        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+        self.code_sum.mul_(self.decay).add_(onehot.T @ z, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        size = (self.cluster_size + 1e-5) / (n + k * 1e-5) * n  # Laplace smoothing
+        self.codes.copy_(self.code_sum / size[:, None])
+        dead = self.cluster_size < len(z) / k * 0.01
+        count = int(dead.sum())
+        if count:
+            pick = torch.randint(0, len(z), (count,), generator=generator)
+            self.codes[dead] = z[pick]
+            self.code_sum[dead] = z[pick]
+            self.cluster_size[dead] = 1.0
+        return count
+
+
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN: one score per overlapping patch (spectral normalisation, LeakyReLU)."""
+
+    def __init__(self, c: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            maybe_sn(nn.Conv2d(c, width, 4, 2, 1), True), nn.LeakyReLU(0.2),
+            maybe_sn(nn.Conv2d(width, 2 * width, 4, 2, 1), True), nn.LeakyReLU(0.2),
+            maybe_sn(nn.Conv2d(2 * width, 1, 3, 1, 1), True))
+
+    def forward(self, x):
+        return self.net(x).flatten(1)
+
+
+class FirstStage(nn.Module):
+    """The autoencoder. `encode(x)` -> latents the prior models (kl: scaled z; vq: token grid),
+    `decode(latents)` -> images in [-1, 1]."""
+
+    def __init__(self, settings: FirstStageSettings, image_shape: tuple[int, int, int]):
+        super().__init__()
+        c, h, w = image_shape
+        s = settings
+        if s.kind not in KINDS:
+            raise GenlabError(f"first stage kind must be one of {', '.join(KINDS)}, got {s.kind!r}")
+        if h != w or s.downsample not in (4, 8) or h < 2 * s.downsample:
+            raise GenlabError(f"a first stage takes square images of at least {2 * s.downsample} px with "
+                              f"--downsample 4 or 8, got {h}x{w} and {s.downsample}")
+        self.settings, self.image_shape = s, tuple(image_shape)
+        self.latent_side = h
+        for _ in range(levels(s.downsample)):  # each stride-2 convolution floors: 28 -> 14 -> 7 -> 3
+            self.latent_side //= 2
+        out = 2 * s.channels if s.kind == "kl" else s.channels
+        self.encoder = Encoder(c, s.width, out, s.downsample)
+        self.decoder = Decoder(c, s.width, s.channels, s.downsample, h)
+        self.codebook = Codebook(s.codebook_size, s.channels) if s.kind == "vq" else None
+        self.register_buffer("scale", torch.ones(()))  # kl: 1 / std of the latents
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.settings.channels, self.latent_side, self.latent_side)
+
+    def moments(self, x: torch.Tensor):
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar.clamp(-20, 10)
+
+    def quantise(self, z_e: torch.Tensor):
+        """(z_q with straight-through gradients, indices [B, h, w]) of encoder outputs [B, D, h, w]."""
+        b, d, h, w = z_e.shape
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)
+        idx = self.codebook.nearest(flat)
+        z_q = self.codebook.codes[idx].view(b, h, w, d).permute(0, 3, 1, 2)
+        return z_e + (z_q - z_e).detach(), idx.view(b, h, w)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 images -> what the prior models: kl, scaled latents [B, C, h, w] (a draw of q(z|x)
+        with the global stream, or `generator`); vq, tokens [B, h, w]."""
+        x = to_unit(images)
+        if self.codebook is not None:
+            return self.quantise(self.encoder(x))[1]
+        mean, logvar = self.moments(x)
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device) if generator is not None \
+            else torch.randn_like(mean)
+        return (mean + (0.5 * logvar).exp() * noise) * self.scale
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """What the prior made -> images in [-1, 1] (kl: scaled latents; vq: tokens)."""
+        if self.codebook is not None:
+            z = self.codebook.codes[latents].permute(0, 3, 1, 2)
+        else:
+            z = latents / self.scale
+        return self.decoder(z).clamp(-1, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images through the autoencoder (kl: the posterior mean)."""
+        x = to_unit(images)
+        if self.codebook is not None:
+            return to_uint8(self.decoder(self.quantise(self.encoder(x))[0]))
+        return to_uint8(self.decoder(self.moments(x)[0]))
+
+    def losses(self, x: torch.Tensor, generator: torch.Generator):
+        """(reconstruction, training loss, logs) of a batch in [-1, 1]."""
+        s = self.settings
+        if self.codebook is not None:
+            z_e = self.encoder(x)
+            z_q, idx = self.quantise(z_e)
+            commit = (z_e - z_q.detach()).square().mean()
+            rec = self.decoder(z_q)
+            restarted = self.codebook.update(z_e.detach().permute(0, 2, 3, 1).reshape(-1, s.channels),
+                                              idx.flatten(), generator)
+            usage = torch.bincount(idx.flatten(), minlength=s.codebook_size).float()
+            p = usage / usage.sum()
+            perplexity = float(torch.exp(-(p * (p + 1e-10).log()).sum()))
+            extra, logs = s.commitment * commit, {"commitment": float(commit), "perplexity": perplexity,
+                                                    "restarted": restarted}
+        else:
+            mean, logvar = self.moments(x)
+            z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
+            rec = self.decoder(z)
+            kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).mean()
+            extra, logs = s.kl_weight * kl, {"kl": float(kl)}
+        rec_loss = (rec - x).abs().mean() + (rec - x).square().mean()
+        return rec, rec_loss + extra, {"rec": float(rec_loss), **logs}
+
+
+# ---------------------------------------------------------------- training, once per data and settings
+
+def train_first_stage(data: ImageSet, settings: FirstStageSettings, log=print) -> tuple[FirstStage, dict]:
+    """Train the autoencoder with its fixed recipe (Adam, a cosine-decayed rate, batches drawn with
+    its own seed); the global random stream is left as it was. Returns it and its record."""
+    s = settings
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        gen = torch.Generator().manual_seed(s.seed)
+        model = FirstStage(s, data.shape)
+        opt = torch.optim.Adam([*model.encoder.parameters(), *model.decoder.parameters()], lr=s.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, s.steps)
+        disc = PatchDiscriminator(data.shape[0]) if s.adversarial else None
+        opt_d = torch.optim.Adam(disc.parameters(), lr=s.lr, betas=(0.5, 0.9)) if disc else None
+        started, logs = time.monotonic(), {}
+        for step in range(1, s.steps + 1):
+            x = to_unit(data.images[torch.randint(0, len(data), (min(s.batch_size, len(data)),), generator=gen)])
+            rec, loss, logs = model.losses(x, gen)
+            if disc is not None and step > s.steps // 3:  # the discriminator joins once shapes are right
+                loss = loss + s.adversarial * F.softplus(-disc(rec)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            if disc is not None and step > s.steps // 3:
+                d_loss = F.softplus(-disc(x)).mean() + F.softplus(disc(rec.detach())).mean()
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+            if step % 500 == 0 or step == s.steps:
+                log(f"  first stage ({s.kind}): step {step}/{s.steps}, " +
+                    ", ".join(f"{k} {v:.4g}" for k, v in logs.items()) + f", {time.monotonic() - started:.0f} s")
+        model.eval()
+        if s.kind == "kl":  # Stable Diffusion's scale factor: the prior sees latents of unit variance
+            z = torch.cat([model.encode(data.images[i:i + 500], generator=gen) for i in range(0, min(len(data), 4000), 500)])
+            model.scale.fill_(1.0 / float(z.std()))
+    return model, {"train_seconds": round(time.monotonic() - started, 1), "final": logs}
+
+
+def weights_hash(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def reconstruction_psnr(model: FirstStage, images: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio of uint8 reconstructions, in dB (over all pixels)."""
+    rec = torch.cat([model.reconstruct(images[i:i + 500]) for i in range(0, len(images), 500)])
+    mse = float((rec.float() - images.float()).square().mean())
+    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+
+
+def get_first_stage(data: ImageSet, settings: FirstStageSettings, heldout: ImageSet | None = None,
+                    log=print) -> tuple[FirstStage, dict]:
+    """The cached first stage of `data` with `settings`, trained now if there is none: (model, spec).
+    Its name, `<data name>-<kind>-<8 hex of the weights' sha256>`, and the reconstruction PSNR on
+    held-out images travel with every run that uses it."""
+    root = cache_dir() / "first_stage"
+    wanted = {"data_checksum": data.checksum, "image_shape": list(data.shape), "settings": asdict(settings)}
+    for spec_path in sorted(root.glob(f"*/{SPEC}")) if root.is_dir() else []:
+        try:
+            spec = json.loads(spec_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a damaged entry is retrained, never trusted
+        if all(spec.get(k) == v for k, v in wanted.items()) and (spec_path.parent / WEIGHTS).is_file():
+            return load_first_stage(spec_path.parent), spec
+    log(f"training the first stage ({settings.kind}) for {data.name} once (cached afterwards)...")
+    model, record = train_first_stage(data, settings, log)
+    digest = weights_hash(model)
+    name = f"{data.name.replace(':', '-').replace('/', '-')}-{settings.kind}-{digest[:8]}"
+    spec = {"name": name, "sha256": digest, **wanted, **record,
+            "heldout_psnr": reconstruction_psnr(model, heldout.images[:2000]) if heldout is not None else None,
+            "torch_version": torch.__version__}
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    save_state(folder / WEIGHTS, model.state_dict(), {"name": name})
+    (folder / SPEC).write_text(json.dumps(spec, indent=2) + "\n")  # written last: marks the entry complete
+    psnr = spec["heldout_psnr"]
+    log(f"first stage {name}: {record['train_seconds']:.0f} s" + (f", held-out PSNR {psnr:.1f} dB" if psnr else ""))
+    return model, spec
+
+
+def load_first_stage(folder: str | Path) -> FirstStage:
+    folder = Path(folder)
+    spec = json.loads((folder / SPEC).read_text())
+    model = FirstStage(FirstStageSettings(**spec["settings"]), tuple(spec["image_shape"]))
+    state, _ = load_state(folder / WEIGHTS)
+    load_into(model, state, str(folder / WEIGHTS), f"its {SPEC}")
+    return model.eval()
+
+
+# ---------------------------------------------------------------- what a latent family holds
+
+@dataclass
+class FirstStageOptions:
+    """The first stage a latent family uses: the cache finds it (or trains it) by these and the data."""
+
+    first_stage: str = option("kl", "the first stage: kl (continuous latents, as Stable Diffusion) or vq (a "
+                              "codebook: images become grids of tokens)", choices=KINDS)
+    downsample: int = option(4, "image side / latent side: 4 (28 px -> 7x7, 64 px -> 16x16) or 8 (64 px -> 8x8)",
+                             choices=(4, 8))
+    latent_channels: int = option(4, "latent channels (kl) or the dimension of a code (vq)")
+    codebook_size: int = option(256, "codes in the codebook (vq): the vocabulary of a latent Transformer")
+    first_stage_width: int = option(32, "channels of the autoencoder's first level (a multiple of 16)")
+    first_stage_steps: int = option(800, "optimisation steps of the autoencoder (once per data and settings, "
+                                    "then cached; counted in the run's time budget)")
+    first_stage_lr: float = option(1e-3, "Adam learning rate of the autoencoder (cosine-decayed)")
+    kl_weight: float = option(1e-3, "weight of the latents' KL term (kl)")
+    adversarial: float = option(0.0, "weight of a patch discriminator's loss in the autoencoder (sharper "
+                                "reconstructions; 0: none)")
+
+    def first_stage_settings(self) -> FirstStageSettings:
+        return FirstStageSettings(kind=self.first_stage, downsample=self.downsample, channels=self.latent_channels,
+                                  codebook_size=self.codebook_size, width=self.first_stage_width,
+                                  steps=self.first_stage_steps, lr=self.first_stage_lr, kl_weight=self.kl_weight,
+                                  adversarial=self.adversarial)
+
+    def validate_first_stage(self) -> None:
+        if self.first_stage_width < 16 or self.first_stage_width % 16:
+            raise GenlabError(f"first_stage_width must be a multiple of 16, got {self.first_stage_width}")
+        for name in ("latent_channels", "first_stage_steps", "codebook_size"):
+            if getattr(self, name) <= 0:
+                raise GenlabError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.first_stage_lr <= 0 or self.kl_weight < 0 or self.adversarial < 0:
+            raise GenlabError("first_stage_lr must be positive, kl_weight and adversarial 0 or more")
+
+
+class FirstStageSlot:
+    """The first stage inside a latent family: built empty, filled by `prepare` (the cache, or
+    training now) or by a saved state. Its record (name, sha256) travels in the family's state, and
+    a state made with another first stage is refused."""
+
+    def __init__(self, settings: FirstStageSettings, image_shape, device):
+        self.model = FirstStage(settings, image_shape).to(device).eval().requires_grad_(False)
+        self.info: dict | None = None
+
+    def prepare(self, data: ImageSet, heldout: ImageSet | None, log=print) -> dict:
+        model, spec = get_first_stage(data, self.model.settings, heldout, log)
+        self.model.load_state_dict(model.state_dict())
+        self.info = {"name": spec["name"], "sha256": spec["sha256"], "heldout_psnr": spec.get("heldout_psnr"),
+                     "train_seconds": spec.get("train_seconds")}
+        return self.info
+
+    def require(self) -> FirstStage:
+        if self.info is None:
+            raise GenlabError("this latent model has no first stage yet: prepare(data) finds or trains it "
+                              "(genlab train does so before the first step)")
+        return self.model
+
+    def state_dict(self) -> dict:
+        return {"weights": self.model.state_dict(), "info": dict(self.info or {})}
+
+    def load_state_dict(self, state: dict) -> None:
+        info = state["info"]
+        if self.info is not None and info.get("sha256") != self.info["sha256"]:
+            raise GenlabError(f"these weights were trained on the first stage {info.get('name')}, not "
+                              f"{self.info['name']}: a prior means nothing over another autoencoder's latents")
+        self.model.load_state_dict(state["weights"])
+        if info.get("sha256") and weights_hash(self.model) != info["sha256"]:
+            raise GenlabError(f"the first stage in these weights does not match its record ({info.get('name')}): "
+                              "the file is damaged or was edited")
+        self.info = dict(info)

@@ -1,0 +1,137 @@
+"""Latent models: the first stage (kl and vq) and the two priors over it."""
+
+import json
+
+import pytest
+import torch
+
+from genlab.cli import main
+from genlab.config import DataConfig, apply_overrides, default_config
+from genlab.core.runtime import seed_everything
+from genlab.data import load_dataset
+from genlab.errors import GenlabError
+from genlab.models import build_model
+from genlab.models.first_stage import (FirstStage, FirstStageSettings, get_first_stage, reconstruction_psnr,
+                                       train_first_stage)
+from tests.training.test_resume import assert_same_bits
+
+QUICK = dict(width=16, steps=60, batch_size=32)
+TINY_FS = ["--first-stage-width", "16", "--first-stage-steps", "30"]
+TINY = {"latent-diffusion": ["--width", "8", "--timesteps", "20", "--sample-steps", "3", *TINY_FS],
+        "latent-transformer": ["--d-model", "16", "--layers", "1", "--heads", "2", "--codebook-size", "32", *TINY_FS]}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataConfig(dataset="mnist-sample", limit=512))
+
+
+@pytest.fixture(scope="module")
+def test_digits():
+    return load_dataset(DataConfig(dataset="mnist-sample", split="test", limit=200))
+
+
+def test_reconstructions_improve_over_a_few_hundred_steps(digits, test_digits):
+    early, _ = train_first_stage(digits, FirstStageSettings(kind="kl", **{**QUICK, "steps": 20}), log=lambda *_: None)
+    later, _ = train_first_stage(digits, FirstStageSettings(kind="kl", **{**QUICK, "steps": 300}), log=lambda *_: None)
+    assert reconstruction_psnr(later, test_digits.images) > reconstruction_psnr(early, test_digits.images) + 2
+
+
+def test_the_kl_scale_factor_gives_unit_variance(digits):
+    model, _ = train_first_stage(digits, FirstStageSettings(kind="kl", **QUICK), log=lambda *_: None)
+    z = model.encode(digits.images, generator=torch.Generator().manual_seed(1))
+    assert z.shape[1:] == (4, 7, 7) and abs(float(z.std()) - 1) < 0.05 and float(model.scale) != 1.0
+
+
+def test_vq_codes_are_used_and_dead_ones_restart(digits):
+    model, record = train_first_stage(digits, FirstStageSettings(kind="vq", codebook_size=64, **QUICK),
+                                      log=lambda *_: None)
+    assert record["final"]["perplexity"] > 8  # codes in use, not one or two
+    tokens = model.encode(digits.images[:64])
+    assert tokens.shape == (64, 7, 7) and tokens.dtype == torch.int64 and len(tokens.unique()) > 8
+    book = FirstStage(FirstStageSettings(kind="vq", codebook_size=16, channels=4), (1, 28, 28)).codebook
+    z = torch.randn(200, 4) + 10  # far from every initial code: only one code wins at first
+    gen = torch.Generator().manual_seed(0)
+    restarted = sum(book.update(z, book.nearest(z), gen) for _ in range(400))
+    assert restarted > 0 and len(book.nearest(z).unique()) > 1
+
+
+def test_the_first_stage_is_cached_and_reused_not_retrained(digits, monkeypatch):
+    settings = FirstStageSettings(kind="kl", **QUICK)
+    first, spec = get_first_stage(digits, settings, log=lambda *_: None)
+    from genlab.models import first_stage
+
+    monkeypatch.setattr(first_stage, "train_first_stage", lambda *a, **k: pytest.fail("retrained"))
+    again, spec_again = get_first_stage(digits, settings, log=lambda *_: None)
+    assert spec_again["name"] == spec["name"] and spec["name"].startswith("mnist-sample-kl-")
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+
+
+def latent_model(name, shape=(1, 28, 28), classes=10, seed=0, **options):
+    seed_everything(seed)
+    cfg = apply_overrides(default_config(name), {f"model.{k}": v for k, v in options.items()}).model
+    return build_model(cfg, shape, classes)
+
+
+def test_a_prior_refuses_a_state_made_with_another_first_stage(digits, test_digits):
+    a = latent_model("latent-diffusion", width=8, first_stage_width=16, first_stage_steps=30)
+    a.prepare(digits, test_digits, log=lambda *_: None)
+    b = latent_model("latent-diffusion", width=8, first_stage_width=16, first_stage_steps=31)
+    b.prepare(digits, test_digits, log=lambda *_: None)
+    with pytest.raises(GenlabError, match="trained on the first stage .* not .*a prior means nothing"):
+        b.load_state_dict(a.state_dict())
+    fresh = latent_model("latent-diffusion", width=8, first_stage_width=16, first_stage_steps=30)
+    fresh.load_state_dict(a.state_dict())  # a model that has no first stage yet takes the state's
+    with pytest.raises(GenlabError, match="no first stage yet"):
+        latent_model("latent-diffusion").train_step(digits.images[:4], digits.labels[:4])
+
+
+def test_latent_transformer_cached_sampling_equals_uncached(digits, test_digits):
+    model = latent_model("latent-transformer", d_model=16, layers=1, heads=2, codebook_size=32,
+                         first_stage_width=16, first_stage_steps=30, conditional=True)
+    model.prepare(digits, test_digits, log=lambda *_: None)
+    model.train_step(digits.images[:16], digits.labels[:16])
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    labels = torch.tensor([1, 2, 3])
+    assert torch.equal(model.sample(3, labels, gen()), model.sample(3, labels, gen(), cache=False))
+    nll = model.log_likelihood(test_digits.images[:4], test_digits.labels[:4])
+    assert nll.shape == (4,) and (nll < 0).all() and "not a likelihood of the pixels" in model.likelihood_convention
+
+
+def test_latent_diffusion_guidance_zero_is_the_unconditional_model(digits, test_digits):
+    model = latent_model("latent-diffusion", width=8, timesteps=20, sample_steps=3, first_stage_width=16,
+                         first_stage_steps=30, conditional=True)
+    model.prepare(digits, test_digits, log=lambda *_: None)
+    model.train_step(digits.images[:16], digits.labels[:16])
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    unconditional = model.sample(4, torch.tensor([0, 1, 2, 3]), gen(), guidance=0.0)
+    assert torch.equal(unconditional, model.sample(4, torch.tensor([9, 9, 5, 5]), gen(), guidance=0.0))
+    assert not torch.equal(unconditional, model.sample(4, torch.tensor([9, 9, 5, 5]), gen(), guidance=2.0))
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_a_latent_run_resumes_to_the_same_bits_and_records_its_first_stage(name, tmp_path):
+    common = ["--model", name, "--limit", "128", "--batch-size", "16", "--no-progress", "--device", "cpu",
+              "--grid-size", "4", "--checkpoint-every", "100", *TINY[name]]
+    assert main(["train", "--steps", "8", "--out", str(tmp_path / "whole"), *common]) == 0
+    assert main(["train", "--steps", "3", "--out", str(tmp_path / "split"), *common]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--steps", "8"]) == 0
+    assert_same_bits(tmp_path / "whole", tmp_path / "split")
+    meta = json.loads((tmp_path / "whole" / "run.json").read_text())
+    assert meta["prepared"]["name"].startswith("mnist-sample-") and len(meta["prepared"]["sha256"]) == 64
+    assert {p.stem for p in (tmp_path / "whole" / "samples").glob("view-*.png")} >= {"view-reconstructions"}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 64, 64)])
+def test_shapes_for_one_and_three_channels(name, shape, digits):
+    options = {"first_stage_width": 16, "first_stage_steps": 20}
+    if name == "latent-diffusion":
+        options.update(width=8, timesteps=10, sample_steps=2)
+    else:
+        options.update(d_model=16, layers=1, heads=2, codebook_size=16)
+    model = latent_model(name, shape=shape, **options)
+    data = type(digits)(torch.randint(0, 256, (40, *shape), dtype=torch.uint8), torch.zeros(40), "noise")
+    model.prepare(data, None, log=lambda *_: None)
+    model.train_step(data.images[:8], data.labels[:8])
+    assert model.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, *shape)
