@@ -511,8 +511,12 @@ async function nextItem() {
   document.querySelectorAll(".answer").forEach(b => b.onclick = () => answer(b.dataset.answer));
 }
 async function answer(value) {
+  if (!item) return;  // one answer an item: the buttons wait for the next one
+  const answered = item;
+  item = null;
+  $("rate-buttons").hidden = true;
   const res = await fetch("/api/rate/vote", {method: "POST", headers: {"Content-Type": "application/json"},
-                                             body: JSON.stringify({item: item, answer: value, rater: rater})});
+                                             body: JSON.stringify({item: answered, answer: value, rater: rater})});
   const data = await res.json();
   if (!res.ok) { $("error").textContent = data.detail; return; }
   showScores(data.scores[$("run").value] || {});

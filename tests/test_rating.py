@@ -155,6 +155,7 @@ def test_a_browser_rates_20_items_by_clicking(runs):
     import socket
 
     import uvicorn
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -174,9 +175,10 @@ def test_a_browser_rates_20_items_by_clicking(runs):
         driver.get(f"http://127.0.0.1:{port}/")
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "run").get_attribute("value"))
         driver.find_element(By.ID, "rate-start").click()
+        shown = "#rate-buttons:not([hidden]) .answer"  # revealed only once the next item's buttons are in place
         for i in range(20):
-            WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".answer"))
-            buttons = driver.find_elements(By.CSS_SELECTOR, ".answer")
+            buttons = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException]).until(
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, shown)) == 2 and d.find_elements(By.CSS_SELECTOR, shown))
             buttons[i % 2].click()
             WebDriverWait(driver, 30).until(lambda d: f"{i + 1} votes" in d.find_element(By.ID, "rate-score").text)
         score = driver.find_element(By.ID, "rate-score").text

@@ -34,8 +34,7 @@ def card_text(run: Run, load_path: str | None = None, grid: str | None = None) -
              f"- family `{family}`" + (f", conditional on {k} classes" if k else ", unconditional"),
              f"- parameters: {sum(params.values()):,} ({', '.join(f'{n} {c:,}' for n, c in params.items())})"
              if params else "- parameters: not recorded",
-             *( [f"- first stage: {meta['prepared'].get('name')} (sha256 {meta['prepared'].get('sha256', '')[:16]}...)"]
-                if meta.get("prepared") else []),
+             *([first_stage_line(meta["prepared"])] if meta.get("prepared") else []),
              "", "## Data", "",
              f"- {meta.get('dataset')}, split {meta.get('dataset_split')}, {meta.get('num_images')} images of "
              f"{'x'.join(map(str, meta.get('image_shape', [])))}, classes: {', '.join(map(str, meta.get('class_names', [])))}",
@@ -78,3 +77,11 @@ def write_card(run: Run) -> Path:
     path = run / Run.CARD
     path.write_text(card_text(run))
     return path
+
+
+def first_stage_line(info: dict) -> str:
+    """The card's line on a latent family's autoencoder: which one, and how well it reconstructs."""
+    psnr, perplexity = info.get("heldout_psnr"), info.get("perplexity")
+    return (f"- first stage: {info.get('name')} (sha256 {info.get('sha256', '')[:16]}...)"
+            + (f", held-out reconstruction PSNR {psnr:.1f} dB" if psnr is not None else "")
+            + (f", codebook perplexity {perplexity:.0f}" if perplexity is not None else ""))

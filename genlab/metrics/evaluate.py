@@ -8,8 +8,11 @@ evaluation during training, and for `genlab.evaluate(images, dataset=...)`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from genlab.config import CHANNELS, DataConfig, option
 from genlab.core.run import Run
@@ -17,6 +20,7 @@ from genlab.data import load_dataset, with_split
 from genlab.data.convert import FILTER
 from genlab.errors import GenlabError
 from genlab.generate import labels_for, load_run, sample_from
+from genlab.metrics import scores
 from genlab.metrics.card import write_card
 from genlab.metrics.contrastive import get_contrastive_extractor
 from genlab.metrics.features import Extractor, get_extractor, load_extractor
@@ -25,14 +29,14 @@ from genlab.metrics.model_metrics import likelihood, ppl
 from genlab.metrics.reference import copying, get_reference, real_floor, score_features, split_reference
 from genlab.metrics.samples import load_samples_file, prepare_samples
 from genlab.metrics.torchscript import load_torchscript
-from genlab.models.protocols import Likelihood
+from genlab.models.protocols import Encoder, Likelihood
 
 # metric -> which way is better (shown in the table)
 BETTER = {"fid": "lower", "kid": "lower", "is": "higher", "precision": "higher", "recall": "higher",
           "density": "near 1", "coverage": "higher", "classes_found": "higher", "class_tv": "lower",
           "fid_heldout": "lower", "precision_heldout": "higher", "recall_heldout": "higher",
           "data_copying": "near 0 (below: copying)", "ppl": "lower", "nll_nats": "lower", "bits_per_dim": "lower",
-          "neg_elbo_nats": "lower"}
+          "neg_elbo_nats": "lower", "fid_reconstruction": "lower", "psnr_reconstruction": "higher"}
 COPYING_P = 0.01  # below: the samples sit closer to the training images than unseen real images do
 TRAINING_METRICS = ("fid", "kid", "is", "precision", "recall", "density", "coverage", "classes_found", "class_tv",
                     "fid_heldout", "recall_heldout")
@@ -113,6 +117,10 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
         if isinstance(model, Likelihood):
             values.update(likelihood(model, split_reference(data_cfg)[1]))
             convention = {"likelihood_convention": model.likelihood_convention}
+        if isinstance(model, Encoder):  # what its autoencoder keeps bounds what any sample can reach
+            values.update(reconstruction(model, split_reference(data_cfg)[1], extractor, ref, len(x)))
+    if "fid_reconstruction" in values:  # the reconstructed images are the floor's own held-out images
+        floors["fid_reconstruction"] = floors.get("fid")
     metrics = {name: {"value": values.get(name), "floor": floors.get(name), "better": better}
                for name, better in BETTER.items() if values.get(name) is not None}
     for name in ("kid", "is"):
@@ -129,6 +137,19 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
             "heldout_n": len(ref.heldout_features), "knn_n": values["knn_n"],
             "class_histogram": values.get("class_histogram"), "class_names": extractor.spec["class_names"],
             "data_copying": copied, "warnings": warnings, "metrics": metrics, **convention}
+
+
+def reconstruction(model: Encoder, heldout, extractor: Extractor, ref, n: int) -> dict:
+    """FID of the model's reconstructions of the held-out images its real floor scores (the same
+    images, so the floor is their own FID before the round trip), and their PSNR in dB."""
+    n_held = min(n, len(ref.heldout_features))
+    idx = torch.randperm(len(ref.heldout_features), generator=torch.Generator().manual_seed(1))[:n_held]
+    images, labels = heldout.images[idx], heldout.labels[idx]
+    rec = torch.cat([model.reconstruct(images[i:i + 500], labels[i:i + 500]) for i in range(0, len(images), 500)])
+    feats, _ = extractor(prepare_samples(rec, extractor.image_shape, False))
+    mse = float((rec.float() - images.float()).square().mean())
+    return {"fid_reconstruction": scores.frechet_distance(ref.mu, ref.sigma, *scores.gaussian_stats(feats)),
+            "psnr_reconstruction": 10 * math.log10(255 ** 2 / max(mse, 1e-10))}
 
 
 def training_scorer(data_cfg: DataConfig, n: int, seed: int, features=None, log=print,

@@ -192,8 +192,9 @@ def weights_hash(net: nn.Module) -> str:
 
 
 def _spec_matches(spec: dict, dataset: str, checksum: str, recipe, kind: str) -> bool:
+    as_saved = json.loads(json.dumps(asdict(recipe)))  # as spec.json holds it (tuples become lists)
     return (spec.get("dataset") == dataset and spec.get("data_checksum") == checksum
-            and spec.get("recipe") == asdict(recipe) and spec.get("kind", "classifier") == kind)
+            and spec.get("recipe") == as_saved and spec.get("kind", "classifier") == kind)
 
 
 def find_cached(dataset: str, checksum: str, recipe, kind: str = "classifier") -> Path | None:

@@ -53,6 +53,9 @@ class DiffusionConfig:
             raise GenlabError(f"width must be a multiple of 8 (GroupNorm groups), got {self.width}")
         if self.timesteps < 2:
             raise GenlabError(f"timesteps must be at least 2, got {self.timesteps}")
+        if self.schedule == "linear" and self.timesteps < 20:  # its betas reach 0.02 x 1000 / T: above 1 below 20
+            raise GenlabError(f"the linear schedule needs at least 20 timesteps (got {self.timesteps}); "
+                              "pass more, or --schedule cosine")
         if self.lr <= 0:
             raise GenlabError(f"lr must be positive, got {self.lr}")
         if not 0 < self.ema < 1:
@@ -106,6 +109,8 @@ class Schedule:
         [-1, 1]; latents have none) and eps recomputed from it, so that every sampler steps from
         the same consistent pair."""
         ab = self._at(self.abar, t, x_t)
+        if clip is None:  # unclipped latents must not divide by 0 where abar is 0 (a 20-step linear schedule's end)
+            ab = ab.clamp(min=1e-8)
         if prediction == "v":
             x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * out
         else:

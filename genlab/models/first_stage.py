@@ -252,16 +252,16 @@ class FirstStage(nn.Module):
             usage = torch.bincount(idx.flatten(), minlength=s.codebook_size).float()
             p = usage / usage.sum()
             perplexity = float(torch.exp(-(p * (p + 1e-10).log()).sum()))
-            extra, logs = s.commitment * commit, {"commitment": float(commit), "perplexity": perplexity,
+            extra, logs = s.commitment * commit, {"commitment": commit.item(), "perplexity": perplexity,
                                                     "restarted": restarted}
         else:
             mean, logvar = self.moments(x)
             z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
             rec = self.decoder(z)
             kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).mean()
-            extra, logs = s.kl_weight * kl, {"kl": float(kl)}
+            extra, logs = s.kl_weight * kl, {"kl": kl.item()}
         rec_loss = (rec - x).abs().mean() + (rec - x).square().mean()
-        return rec, rec_loss + extra, {"rec": float(rec_loss), **logs}
+        return rec, rec_loss + extra, {"rec": rec_loss.item(), **logs}
 
 
 # ---------------------------------------------------------------- training, once per data and settings
@@ -322,7 +322,14 @@ def get_first_stage(data: ImageSet, settings: FirstStageSettings, heldout: Image
                     log=print) -> tuple[FirstStage, dict]:
     """The cached first stage of `data` with `settings`, trained now if there is none: (model, spec).
     Its name, `<data name>-<kind>-<8 hex of the weights' sha256>`, and the reconstruction PSNR on
-    held-out images travel with every run that uses it."""
+    held-out images travel with every run that uses it. The global random stream is left as it was
+    either way (building a module draws from it), so a run is the same with a cold or a warm cache."""
+    with torch.random.fork_rng(devices=[]):
+        return _get_first_stage(data, settings, heldout, log)
+
+
+def _get_first_stage(data: ImageSet, settings: FirstStageSettings, heldout: ImageSet | None,
+                     log) -> tuple[FirstStage, dict]:
     root = cache_dir() / "first_stage"
     wanted = {"data_checksum": data.checksum, "image_shape": list(data.shape), "settings": asdict(settings)}
     for spec_path in sorted(root.glob(f"*/{SPEC}")) if root.is_dir() else []:
@@ -406,7 +413,8 @@ class FirstStageSlot:
         model, spec = get_first_stage(data, self.model.settings, heldout, log)
         self.model.load_state_dict(model.state_dict())
         self.info = {"name": spec["name"], "sha256": spec["sha256"], "heldout_psnr": spec.get("heldout_psnr"),
-                     "train_seconds": spec.get("train_seconds")}
+                     "train_seconds": spec.get("train_seconds"),
+                     **({"perplexity": spec["final"]["perplexity"]} if "perplexity" in spec.get("final", {}) else {})}
         return self.info
 
     def require(self) -> FirstStage:

@@ -190,14 +190,14 @@ def _metrics(run: Run, files: Path) -> str:
                     "samples and unseen real images sit to the training images (Meehan et al. 2020).</p>")
         body.append(table_html(rows, ["metric", "value", "real floor", "better"]))
         body += [f'<div class="diag">{html.escape(w)}</div>' for w in result.get("warnings", [])]
-    human = human_scores(run.read_lines(Run.RATINGS), run.name)
-    if human:
-        body.append("<p>People's votes in <code>genlab serve</code> (Rate), with bootstrap 95 % intervals:</p>")
-        body.append(table_html([[name, text] for name, text in describe(human)], ["people", "value"]))
         if result.get("likelihood_convention"):
             body.append(f"<p>Likelihood: {html.escape(result['likelihood_convention'])}.</p>")
     else:
         body.append(missing(f"Not evaluated yet: `genlab eval {run.path}` writes eval.json, which this page shows."))
+    human = human_scores(run.read_lines(Run.RATINGS), run.name)
+    if human:
+        body.append("<p>People's votes in <code>genlab serve</code> (Rate), with bootstrap 95 % intervals:</p>")
+        body.append(table_html([[name, text] for name, text in describe(human)], ["people", "value"]))
     return section("metrics", "Metrics", "\n".join(body))
 
 

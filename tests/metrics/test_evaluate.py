@@ -94,6 +94,31 @@ def test_likelihood_in_nats_and_bits_per_dim(small_extractor, test_digits):
     assert m["ppl"]["value"] == 0.0
 
 
+class IdentityAutoencoder(LikelihoodModel):
+    """An Encoder whose reconstructions are its inputs, or blank with `blank`."""
+
+    def __init__(self, blank=False):
+        self.blank = blank
+
+    def encode(self, images, labels=None):
+        return images.flatten(1).float()
+
+    def reconstruct(self, images, labels=None):
+        return torch.zeros_like(images) if self.blank else images.clone()
+
+
+def test_reconstructions_are_scored_beside_their_own_floor(small_extractor, test_digits):
+    exact = ev(test_digits.images[:200], small_extractor, model=IdentityAutoencoder(), ppl_samples=20)["metrics"]
+    assert exact["fid_reconstruction"]["value"] == pytest.approx(exact["fid_reconstruction"]["floor"], rel=1e-4)
+    assert exact["fid_reconstruction"]["floor"] == exact["fid"]["floor"]
+    assert exact["psnr_reconstruction"]["value"] > 140  # mse 0 (counted as 1e-10)
+    blank = ev(test_digits.images[:200], small_extractor, model=IdentityAutoencoder(blank=True), ppl_samples=20)
+    assert blank["metrics"]["fid_reconstruction"]["value"] > 10 * exact["fid_reconstruction"]["value"]
+    assert blank["metrics"]["psnr_reconstruction"]["value"] < 20
+    plain = ev(test_digits.images[:200], small_extractor, model=LikelihoodModel(), ppl_samples=20)["metrics"]
+    assert "fid_reconstruction" not in plain  # not an Encoder
+
+
 @pytest.mark.parametrize("images, message", [
     (np.zeros((10, 1, 30, 30), np.uint8), "images are 1x30x30 .* dataset's are 1x28x28; pass --resize"),
     (np.zeros((10, 3, 28, 28), np.uint8), "images are 3x28x28"),

@@ -97,3 +97,10 @@ def test_copies_of_training_images_are_caught_and_held_out_images_are_not(small_
     # copies look perfect against the training split, and no better than real data held out
     m = copies["metrics"]
     assert m["fid"]["value"] < m["fid"]["floor"] and m["fid_heldout"]["value"] >= 0.5 * m["fid_heldout"]["floor"]
+
+
+def test_the_contrastive_extractor_is_cached_not_retrained(monkeypatch):
+    data = DataConfig(dataset="mnist-sample", limit=200)
+    first = contrastive.get_contrastive_extractor(data, QUICK, log=lambda *_: None)
+    monkeypatch.setattr(contrastive, "train_contrastive", lambda *a, **k: pytest.fail("retrained"))
+    assert contrastive.get_contrastive_extractor(data, QUICK, log=lambda *_: None).name == first.name
