@@ -7,7 +7,7 @@ tutorial's, recall >= 0.6, all 10 classes found with class-histogram TV distance
 MNIST sample also, held out: FID within 1.5x of the held-out floor and recall >= 0.65. The emoji rows
 (32 and 64 px) show how the recipes do on colour.
 
-    .venv/bin/python benchmarks/gan_budget.py [--minutes 5] [--datasets fashion-mnist mnist-sample]
+    .venv/bin/python benchmarks/gan_budget.py [--minutes 5] [--datasets fashion-mnist mnist-sample] [--recipes best]
 
 Runs go to runs/gan_budget/; the table to benchmarks/results/gan_budget.md.
 """
@@ -35,8 +35,10 @@ def verdict(rows: list[dict], dataset: str) -> str:
     MNIST sample, the held-out view's (FID within 1.5x its floor, recall >= 0.65)."""
     if dataset == "emoji":
         return ""
-    tut = next(r for r in rows if r["dataset"] == dataset and r["recipe"] == "tutorial")
-    best = next(r for r in rows if r["dataset"] == dataset and r["recipe"] == "best")
+    tut = next((r for r in rows if r["dataset"] == dataset and r["recipe"] == "tutorial"), None)
+    best = next((r for r in rows if r["dataset"] == dataset and r["recipe"] == "best"), None)
+    if tut is None or best is None:
+        return ""
     checks = [(f"FID {best['fid']:.1f} <= {tut['fid'] / 10:.1f} (tutorial / 10)", best["fid"] <= tut["fid"] / 10),
               (f"recall {best['recall']:.3f} >= 0.6", best["recall"] >= 0.6),
               (f"classes {best['classes_found']}/10", best["classes_found"] == 10),
@@ -53,21 +55,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--datasets", nargs="+", default=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", help="only these recipes (labels, e.g. best 'best 64px'); the "
+                        "others keep their rows from the last run")
     args = parser.parse_args()
     out_root = ROOT / "runs" / "gan_budget"
-    rows = [run_recipe(ds, label, cfg, args.minutes, out_root, extra=extra)
-            for ds in args.datasets for label, cfg, extra in RECIPES[ds]]
-    previous = out_root / "rows.json"  # datasets not rerun keep their rows from the last run
-    if previous.is_file():
-        kept = [r for r in json.loads(previous.read_text()) if r["dataset"] not in args.datasets]
-        rows = sorted(kept + rows, key=lambda r: list(RECIPES).index(r["dataset"]))
+    todo = [(ds, label, cfg, extra) for ds in args.datasets for label, cfg, extra in RECIPES[ds]
+            if not args.recipes or label in args.recipes]
+    previous = out_root / "rows.json"  # recipes not rerun keep their rows from the last run
+    previous.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(previous.read_text()) if previous.is_file() else []
+    for ds, label, cfg, extra in todo:
+        new = run_recipe(ds, label, cfg, args.minutes, out_root, extra=extra)
+        rows = [r for r in rows if (r["dataset"], r["recipe"]) != (ds, label)] + [new]
+        previous.write_text(json.dumps(rows, indent=2))  # a crash later keeps what was measured
+    order = [(ds, label) for ds in RECIPES for label, _, _ in RECIPES[ds]]
+    rows.sort(key=lambda r: order.index((r["dataset"], r["recipe"])))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     text = table(rows, f"budget {args.minutes:g} minutes per recipe; 10,000 samples; features "
                  + ", ".join(sorted({r['features'] for r in rows})))
     text += "\n".join(v for v in (verdict(rows, ds) for ds in datasets) if v) + "\n"
     print(text)
     write_table(__file__, text)
-    (out_root / "rows.json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
