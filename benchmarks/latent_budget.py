@@ -111,7 +111,7 @@ def verdicts(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
-    parser.add_argument("--datasets", nargs="+", default=list(RECIPES))
+    parser.add_argument("--datasets", nargs="*", default=list(RECIPES))
     parser.add_argument("--long", type=float, help="also a row per recipe with this many minutes")
     parser.add_argument("--emoji", action="store_true", help="also the 64x64 emoji recipe (10 minutes)")
     args = parser.parse_args()
