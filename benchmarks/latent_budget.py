@@ -72,13 +72,14 @@ def table(rows: list[dict]) -> str:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    head = ("| dataset | recipe | budget | steps | first stage (s, held-out PSNR) | FID | FID held-out (floor) | recall | "
+    head = ("| dataset | recipe | budget | steps | first stage (s, held-out PSNR) | reconstruction FID (floor) | FID | FID held-out (floor) | recall | "
             "recall held-out | classes | class TV | NLL (bits/token) | sampling 10k (s) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         fs = r["first_stage"]
         lines.append(f"| {r['dataset']} | {r['recipe']} ({r['config'].split('/')[-1]}) | {r['minutes_budget']:g} min | "
                      f"{r['steps']} | {f(fs.get('train_seconds'), '.0f')}, {f(fs.get('heldout_psnr'), '.1f')} dB | "
+                     f"{f(r.get('fid_reconstruction'), '.1f')} ({f(r.get('fid_floor'), '.2f')}) | "
                      f"{r['fid']:.1f} | {f(r.get('fid_heldout'), '.1f')} ({f(r.get('fid_heldout_floor'), '.1f')}) | "
                      f"{r['recall']:.3f} | {f(r.get('recall_heldout'), '.3f')} | {r.get('classes_found', '-')} | "
                      f"{f(r.get('class_tv'), '.3f')} | {f(r.get('bits_per_dim'), '.3f')} | {f(r.get('sample_seconds'), '.1f')} |")
