@@ -67,6 +67,14 @@ def test_the_first_stage_is_cached_and_reused_not_retrained(digits, monkeypatch)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
 
 
+def test_training_a_first_stage_leaves_the_global_random_stream_as_it_was(digits):
+    settings = FirstStageSettings(kind="vq", seed=7, **QUICK)  # a cold cache entry: trained now
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    get_first_stage(digits, settings, log=lambda *_: None)
+    assert torch.equal(torch.get_rng_state(), before)  # a run is the same with a cold or a warm cache
+
+
 def latent_model(name, shape=(1, 28, 28), classes=10, seed=0, **options):
     seed_everything(seed)
     cfg = apply_overrides(default_config(name), {f"model.{k}": v for k, v in options.items()}).model
