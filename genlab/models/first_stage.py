@@ -436,3 +436,30 @@ class FirstStageSlot:
             raise GenlabError(f"the first stage in these weights does not match its record ({info.get('name')}): "
                               "the file is damaged or was edited")
         self.info = dict(info)
+
+
+class LatentPrior:
+    """What a latent family adds to the pixel family it extends (`class LatentX(LatentPrior, X)`):
+    a first stage in `self.slot`, found or trained by `prepare`, saved in every state, and the
+    reconstructions that bound what any prior over its latents can reach."""
+
+    slot: FirstStageSlot
+    device: torch.device
+
+    def prepare(self, data, heldout, log=print) -> dict:
+        """Find the first stage for `data` in the cache, or train it now."""
+        return self.slot.prepare(data, heldout, log)
+
+    def reconstruct(self, images: torch.Tensor, labels=None) -> torch.Tensor:
+        """uint8 images through the first stage: the best any prior over its latents can do."""
+        return self.slot.require().reconstruct(images.to(self.device)).cpu()
+
+    def nets(self):
+        return {**super().nets(), "first_stage": self.slot.model}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "first_stage": self.slot.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.slot.load_state_dict(state["first_stage"])
+        super().load_state_dict(state)

@@ -20,7 +20,7 @@ from genlab.config import option
 from genlab.core.runtime import Runtime
 from genlab.models.common import check_image_size
 from genlab.models.diffusion import Diffusion, DiffusionConfig
-from genlab.models.first_stage import FirstStageOptions, FirstStageSlot
+from genlab.models.first_stage import FirstStageOptions, FirstStageSlot, LatentPrior
 
 
 @dataclass
@@ -35,7 +35,7 @@ class LatentDiffusionConfig(FirstStageOptions, DiffusionConfig):
         self.validate_first_stage()
 
 
-class LatentDiffusion(Diffusion):
+class LatentDiffusion(LatentPrior, Diffusion):
     """Diffusion over a first stage's latents; samples decoded to images."""
 
     x0_clip = None  # latents have no fixed range
@@ -56,24 +56,6 @@ class LatentDiffusion(Diffusion):
 
     # ---------------------------------------------------------------- the first stage
 
-    def prepare(self, data, heldout, log=print) -> dict:
-        """Find the first stage for `data` in the cache, or train it now."""
-        return self.slot.prepare(data, heldout, log)
-
     def encode(self, images: torch.Tensor, labels=None) -> torch.Tensor:
         """The scaled latents of uint8 images, flattened [n, C h w]."""
         return self.slot.require().encode(images.to(self.device)).flatten(1).cpu()
-
-    def reconstruct(self, images: torch.Tensor, labels=None) -> torch.Tensor:
-        """uint8 images through the first stage: the best any prior over its latents can do."""
-        return self.slot.require().reconstruct(images.to(self.device)).cpu()
-
-    def nets(self):
-        return {**super().nets(), "first_stage": self.slot.model}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "first_stage": self.slot.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.slot.load_state_dict(state["first_stage"])
-        super().load_state_dict(state)

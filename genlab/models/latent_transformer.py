@@ -19,7 +19,7 @@ from genlab.config import option
 from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
 from genlab.models.common import check_image_size, to_uint8
-from genlab.models.first_stage import FirstStageOptions, FirstStageSlot
+from genlab.models.first_stage import FirstStageOptions, FirstStageSlot, LatentPrior
 from genlab.models.transformer import Transformer, check_sampling
 
 
@@ -52,7 +52,7 @@ class LatentTransformerConfig(FirstStageOptions):
         check_sampling(self.temperature, self.top_k, self.codebook_size)
 
 
-class LatentTransformer(Transformer):
+class LatentTransformer(LatentPrior, Transformer):
     """An autoregressive Transformer over a VQ first stage's tokens; samples decoded to images."""
 
     sample_chunk = 1000  # 49 tokens an image: large chunks keep Python's share of the work small
@@ -88,23 +88,6 @@ class LatentTransformer(Transformer):
 
     # ---------------------------------------------------------------- the first stage
 
-    def prepare(self, data, heldout, log=print) -> dict:
-        """Find the first stage for `data` in the cache, or train it now."""
-        return self.slot.prepare(data, heldout, log)
-
     def encode(self, images: torch.Tensor, labels=None) -> torch.Tensor:
         """The tokens of uint8 images [n, h w] (as floats)."""
         return self.tokens(images).float().cpu()
-
-    def reconstruct(self, images: torch.Tensor, labels=None) -> torch.Tensor:
-        return self.slot.require().reconstruct(images.to(self.device)).cpu()
-
-    def nets(self):
-        return {**super().nets(), "first_stage": self.slot.model}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "first_stage": self.slot.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.slot.load_state_dict(state["first_stage"])
-        super().load_state_dict(state)
