@@ -12,6 +12,7 @@ folder fsynced, so a crash leaves either the old file or the new one, never half
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -24,6 +25,15 @@ from safetensors.torch import save as st_save
 from genlab.errors import GenlabError
 
 FORMAT = "genlab-state/1"
+
+
+def weights_hash(net: torch.nn.Module) -> str:
+    """sha256 of a network's weights and buffers, by name: what names a cached extractor or first stage."""
+    h = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def encode_tree(tree, tensors: dict[str, torch.Tensor], path: str = ""):

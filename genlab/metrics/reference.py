@@ -159,13 +159,19 @@ def _cached(path: Path, compute) -> dict:
     return tree
 
 
+def floor_indices(ref: Reference, n: int) -> torch.Tensor:
+    """Which held-out images the real floor of `n` samples scores (a fixed random subset)."""
+    n_held = min(n, len(ref.heldout_features))
+    return torch.randperm(len(ref.heldout_features), generator=torch.Generator().manual_seed(1))[:n_held]
+
+
 def real_floor(ref: Reference, n: int) -> dict:
     """The metrics of `n` held-out real images against the training split, and of real training
     images against the held-out split (the held-out view's floor; cached per n)."""
     n_held = min(n, len(ref.heldout_features))
 
     def compute() -> dict:
-        idx = torch.randperm(len(ref.heldout_features), generator=torch.Generator().manual_seed(1))[:n_held]
+        idx = floor_indices(ref, n)
         held_logits = ref.heldout_logits[idx] if ref.heldout_logits is not None else None
         floor = score_features(ref.heldout_features[idx], held_logits, ref, heldout=False)
         # the held-out view's floor: training images, as many as the samples' FID uses (up to all)

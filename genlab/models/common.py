@@ -8,6 +8,7 @@ are the only conversions, and `LatentSpace.decode` returns the same [-1, 1] floa
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -80,6 +81,13 @@ def check_image_size(image_shape: tuple[int, int, int], family: str, multiple: i
 
 
 # ---------------------------------------------------------------- the moving average of weights
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio of uint8 images against uint8 references, in dB (over all pixels;
+    identical images count as a squared error of 1e-10)."""
+    mse = float((images.float() - reference.float()).square().mean())
+    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+
 
 class EMA:
     """An exponential moving average of a network's weights, for sampling: after each optimiser

@@ -17,7 +17,6 @@ Reconstruction loss L1 + L2, plus optionally a small patch discriminator for sha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -29,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import option
-from genlab.core.checkpoint import load_into, load_state, save_state
+from genlab.core.checkpoint import load_into, load_state, save_state, weights_hash
 from genlab.data import ImageSet
 from genlab.errors import GenlabError
-from genlab.models.common import to_uint8, to_unit
+from genlab.models.common import psnr, to_uint8, to_unit
 from genlab.models.nets import maybe_sn
 from genlab.paths import cache_dir
 
@@ -303,19 +302,10 @@ def train_first_stage(data: ImageSet, settings: FirstStageSettings, log=print) -
     return model, {"train_seconds": round(time.monotonic() - started, 1), "final": logs}
 
 
-def weights_hash(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def reconstruction_psnr(model: FirstStage, images: torch.Tensor) -> float:
     """Peak signal-to-noise ratio of uint8 reconstructions, in dB (over all pixels)."""
     rec = torch.cat([model.reconstruct(images[i:i + 500]) for i in range(0, len(images), 500)])
-    mse = float((rec.float() - images.float()).square().mean())
-    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+    return psnr(rec, images)
 
 
 def get_first_stage(data: ImageSet, settings: FirstStageSettings, heldout: ImageSet | None = None,
