@@ -379,7 +379,7 @@ def _argument(section: str, cls: type, f: dataclasses.Field, keep_defaults: bool
     base, optional = field_type(cls, f.name)
     many = typing.get_origin(_field_types(cls)[f.name]) is list
     positional = f.metadata.get("positional", False)
-    kwargs: dict[str, Any] = {"help": f.metadata.get("help", "")}
+    kwargs: dict[str, Any] = {"help": f.metadata.get("help", "").replace("%", "%%")}  # argparse formats help
     if base is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     else:

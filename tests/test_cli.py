@@ -1,5 +1,6 @@
 """The `genlab` command end to end, and one clear line for every kind of bad input."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -133,6 +134,18 @@ def test_argparse_type_errors_and_help_exit_cleanly(tmp_path):
         assert flag in help_text
     assert "mnist-sample" in help_text and "gan-mlp" in help_text
     assert "train" in genlab("--help").stdout and genlab("nonsense").returncode == 2
+
+
+def test_every_familys_train_help_renders_every_option():
+    """argparse %-formats help texts: a "%" in an option's help once crashed `--help` for its family."""
+    from genlab.cli import train_parser
+    from genlab.config import model_config_class
+    from genlab.models import MODELS
+
+    for name in MODELS:
+        help_text = train_parser(name).format_help()
+        for f in dataclasses.fields(model_config_class(name)):
+            assert "--" + f.name.replace("_", "-") in help_text or f.metadata.get("flag") in help_text, (name, f.name)
 
 
 def test_conditional_sampling_from_the_command_line(tmp_path, capsys):
