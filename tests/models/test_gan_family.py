@@ -159,6 +159,21 @@ def test_ema_tracks_g_slowly():
     assert model.nets()["G_ema"] is model.G_ema
 
 
+def test_ema_warmup_lets_the_initial_weights_fade_fast():
+    """With --ema-warmup step t uses decay min(ema, (1 + t) / (10 + t)): 0.1 at the first step, so the
+    average is mostly the trained G at once; without it, 0.999 keeps the initial G almost whole."""
+    images, labels = batch()
+    for warmup, decay in ((True, 0.1), (False, 0.999)):
+        model = make("dcgan", ema=0.999, ema_warmup=warmup)
+        before = [p.clone() for p in model.G_ema.parameters()]
+        model.train_step(images, labels)
+        for b, e, g in zip(before, model.G_ema.parameters(), model.G.parameters()):
+            torch.testing.assert_close(e, decay * b + (1 - decay) * g)
+    cfg = apply_overrides(default_config("dcgan"), {"model.ema_warmup": True})
+    with pytest.raises(GenlabError, match="--ema-warmup warms up a moving average; give its decay"):
+        cfg.validate()
+
+
 def test_the_average_samples_with_its_own_batchnorm_statistics():
     """G_ema's BatchNorm statistics are measured on G_ema's activations before it samples, not
     copied from G (whose weights they belong to); measuring them draws nothing from the global
