@@ -80,7 +80,7 @@ def check_image_size(image_shape: tuple[int, int, int], family: str, multiple: i
                           f"{h}x{w}; use --image-size for a folder dataset")
 
 
-# ---------------------------------------------------------------- the moving average of weights
+# ---------------------------------------------------------------- reconstruction quality
 
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     """Peak signal-to-noise ratio of uint8 images against uint8 references, in dB (over all pixels;
@@ -88,6 +88,8 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     mse = float((images.float() - reference.float()).square().mean())
     return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
 
+
+# ---------------------------------------------------------------- the moving average of weights
 
 class EMA:
     """An exponential moving average of a network's weights, for sampling: after each optimiser
