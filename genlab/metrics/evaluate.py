@@ -33,8 +33,8 @@ from genlab.models.common import psnr
 from genlab.models.protocols import Encoder, Likelihood
 
 # metric -> which way is better (shown in the table)
-BETTER = {"fid": "lower", "kid": "lower", "is": "higher", "precision": "higher", "recall": "higher",
-          "density": "near 1", "coverage": "higher", "classes_found": "higher", "class_tv": "lower",
+BETTER = {"fid": "lower", "fid_equal_n": "lower", "kid": "lower", "is": "higher", "precision": "higher",
+          "recall": "higher", "density": "near 1", "coverage": "higher", "classes_found": "higher", "class_tv": "lower",
           "fid_heldout": "lower", "precision_heldout": "higher", "recall_heldout": "higher",
           "data_copying": "near 0 (below: copying)", "ppl": "lower", "nll_nats": "lower", "bits_per_dim": "lower",
           "neg_elbo_nats": "lower", "fid_reconstruction": "lower", "psnr_reconstruction": "higher"}
@@ -112,6 +112,10 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
     copied = copying(feats, ref)
     values["data_copying"] = copied["ct"]
     floors = real_floor(ref, len(x)) if floor else {}
+    n_floor = min(len(x), len(ref.heldout_features))
+    if floor and n_floor < len(x):  # FID's bias falls as 1/N: a floor of fewer images is the higher for it
+        values["fid_equal_n"] = scores.frechet_distance(ref.mu, ref.sigma, *scores.gaussian_stats(feats[:n_floor]))
+        floors["fid_equal_n"] = floors.get("fid")
     convention = {}
     if model is not None:
         values["ppl"] = ppl(model, extractor, n=ppl_samples, seed=seed)
@@ -228,6 +232,9 @@ def format_table(result: dict) -> str:
             f"with {result['knn_n']} real and {result['knn_n']} generated; held-out view (*_heldout): against the "
             f"{result.get('heldout_n', '?')} held-out images, its floor real training images; resizing: "
             f"{result.get('resize_filter', '-')}")
+    if "fid_equal_n" in result["metrics"]:
+        head += (f"; FID falls as more images are scored, so fid_equal_n scores the first {result['floor_n']} "
+                 "samples, as many as its floor: compare that one with the floor")
     convention = [f"likelihood: {result['likelihood_convention']}"] if result.get("likelihood_convention") else []
     human = [f"people: {name}: {text}" for name, text in describe(result.get("human", {}))]
     return "\n".join([head, *lines, *convention, *human, *[f"warning: {w}" for w in result["warnings"]]])

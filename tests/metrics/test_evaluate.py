@@ -55,6 +55,21 @@ def test_reference_statistics_are_cached(small_extractor, test_digits, monkeypat
     assert {p.name: p.stat().st_mtime_ns for p in small_extractor.path.iterdir()} == cached
 
 
+def test_more_samples_than_the_floor_are_also_scored_at_the_floors_n(small_extractor, mnist_sample):
+    """mnist-sample holds out 1,000 images: the floor scores 1,000 and FID's bias falls as 1/N, so
+    2,000 real training digits score a lower FID than the first 1,000 of them. fid_equal_n is the
+    one compared with the floor at equal N; with no more samples than the floor it is not shown."""
+    many = ev(mnist_sample.images[:2000], small_extractor, floor=True)
+    m = many["metrics"]
+    assert many["floor_n"] == 1000 and many["n"] == 2000
+    assert m["fid_equal_n"]["floor"] == m["fid"]["floor"] and m["fid_equal_n"]["better"] == "lower"
+    assert m["fid_equal_n"]["value"] > 1.2 * m["fid"]["value"]
+    first = ev(mnist_sample.images[:1000], small_extractor)["metrics"]
+    assert "fid_equal_n" not in first
+    assert m["fid_equal_n"]["value"] == pytest.approx(first["fid"]["value"], rel=1e-6)
+    assert "as many as its floor" in E.format_table(many)
+
+
 class ConstantModel:
     latent_dim = 4
     conditional_classes = None
