@@ -34,7 +34,8 @@ from genlab.models.protocols import Encoder, Likelihood
 
 # metric -> which way is better (shown in the table)
 BETTER = {"fid": "lower", "fid_equal_n": "lower", "kid": "lower", "is": "higher", "precision": "higher",
-          "recall": "higher", "density": "near 1", "coverage": "higher", "classes_found": "higher", "class_tv": "lower",
+          "recall": "higher", "density": "near 1", "coverage": "higher", "classes_found": "higher",
+          "class_tv": "lower",
           "fid_heldout": "lower", "precision_heldout": "higher", "recall_heldout": "higher",
           "data_copying": "near 0 (below: copying)", "ppl": "lower", "nll_nats": "lower", "bits_per_dim": "lower",
           "neg_elbo_nats": "lower", "fid_reconstruction": "lower", "psnr_reconstruction": "higher"}

@@ -211,8 +211,10 @@ class UNet(nn.Module):
             self.up0 = ResBlock(2 * w, w, emb_dim, dropout)
 
     def forward(self, x, t, labels=None):
-        if x.device.type == "cpu":  # oneDNN's convolutions run faster on channels-last maps (measured on
-            x = x.contiguous(memory_format=torch.channels_last)  # 2 AVX2 cores: latent DDIM 1.32x, training 1.1x)
+        # oneDNN's convolutions run faster on channels-last maps (on 2 AVX2 cores: latent DDIM sampling
+        # 1.32x, its training 1.1x); the weights keep their layout, so checkpoints are unchanged
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         emb = self.time(timestep_embedding(t, self.width))
         if self.classes is not None:
             emb = emb + self.classes(labels if labels is not None else torch.full_like(t, self.null_class))

@@ -59,7 +59,7 @@ def test_more_samples_than_the_floor_are_also_scored_at_the_floors_n(small_extra
     """mnist-sample holds out 1,000 images: the floor scores 1,000 and FID's bias falls as 1/N, so
     2,000 real training digits score a lower FID than the first 1,000 of them. fid_equal_n is the
     one compared with the floor at equal N; with no more samples than the floor it is not shown."""
-    many = ev(mnist_sample.images[:2000], small_extractor, floor=True)
+    many = ev(mnist_sample.images[:2000], small_extractor)
     m = many["metrics"]
     assert many["floor_n"] == 1000 and many["n"] == 2000
     assert m["fid_equal_n"]["floor"] == m["fid"]["floor"] and m["fid_equal_n"]["better"] == "lower"
