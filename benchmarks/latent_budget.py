@@ -104,7 +104,8 @@ def table(rows: list[dict]) -> str:
 def verdicts(rows: list[dict]) -> list[str]:
     out = []
     for dataset, ref in PIXEL.items():
-        five = {r["recipe"].split(f" {RECIPE_MINUTES}min")[0]: r for r in rows if r["dataset"] == dataset and r["minutes_budget"] == RECIPE_MINUTES}
+        five = {r["recipe"].split(f" {RECIPE_MINUTES}min")[0]: r for r in rows
+                if r["dataset"] == dataset and r["minutes_budget"] == RECIPE_MINUTES}
         if len(five) < 2:
             continue
         ld, lt = five["latent diffusion"], five["latent transformer"]

@@ -140,7 +140,7 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
                         "2020): the model may be reproducing its training images; judge it by the held-out view")
     return {"features": extractor.name, "features_kind": extractor.kind, "features_note": extractor.describe(),
             "features_test_accuracy": extractor.spec.get("test_accuracy"), "resize_filter": FILTER,
-            "dataset": data_cfg.dataset, "n": len(x), "floor_n": min(len(x), len(ref.heldout_features)),
+            "dataset": data_cfg.dataset, "n": len(x), "floor_n": n_floor,
             "heldout_n": len(ref.heldout_features), "knn_n": values["knn_n"],
             "class_histogram": values.get("class_histogram"), "class_names": extractor.spec["class_names"],
             "data_copying": copied, "warnings": warnings, "metrics": metrics, **convention}
