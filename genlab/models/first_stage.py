@@ -89,7 +89,9 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.net(x)
+        # as the diffusion U-Net: oneDNN's convolutions run faster on channels-last maps (2 AVX2
+        # cores, a 64-px first stage's training step 1.17x; 28 px unchanged); weights keep their layout
+        return self.net(x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x)
 
 
 class Decoder(nn.Module):
@@ -213,10 +215,23 @@ class FirstStage(nn.Module):
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 images -> what the prior models: kl, scaled latents [B, C, h, w] (a draw of q(z|x)
         with the global stream, or `generator`); vq, tokens [B, h, w]."""
+        return self.draw(self.codes(images), generator)
+
+    @torch.no_grad()
+    def codes(self, images: torch.Tensor) -> torch.Tensor:
+        """What the encoder decides of uint8 images, before any draw: kl, the posterior's mean and
+        log-variance [B, 2C, h, w]; vq, the tokens [B, h, w]."""
         x = to_unit(images)
         if self.codebook is not None:
             return self.quantise(self.encoder(x))[1]
-        mean, logvar = self.moments(x)
+        return torch.cat(self.moments(x), 1)
+
+    def draw(self, codes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """What the prior models, from `codes`: kl, a draw of q(z|x) scaled to unit variance (the
+        global stream, or `generator`); vq, the tokens themselves."""
+        if self.codebook is not None:
+            return codes
+        mean, logvar = codes.chunk(2, 1)
         noise = torch.randn(mean.shape, generator=generator).to(mean.device) if generator is not None \
             else torch.randn_like(mean)
         return (mean + (0.5 * logvar).exp() * noise) * self.scale
@@ -354,6 +369,31 @@ def load_first_stage(folder: str | Path) -> FirstStage:
     return model.eval()
 
 
+class Encodings:
+    """A first stage's codes (`FirstStage.codes`) of a fixed set of images, computed once in chunks
+    and found again by each image's bytes. A prior's training step then skips the encoder, which
+    costs it ~40 % of a step at 28 px and ~3/4 at 64 px. The codes depend on the image alone, so a
+    batch found here gets what encoding it anew would (up to the rounding of another batch split),
+    and every session of a run computes them alike, which keeps a resume bit-exact."""
+
+    def __init__(self, model: FirstStage, images: torch.Tensor, chunk: int = 128):  # 500: 1.5x slower
+        device = model.scale.device
+        self.codes = torch.cat([model.codes(images[i:i + chunk].to(device)) for i in range(0, len(images), chunk)])
+        self.rows: dict[bytes, int] = {}
+        for i, image in enumerate(images.numpy()):
+            self.rows.setdefault(image.tobytes(), i)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def find(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The codes of uint8 `images` if every one of them is known, else None."""
+        rows = [self.rows.get(image.tobytes()) for image in images.cpu().numpy()]
+        if None in rows:
+            return None
+        return self.codes[torch.tensor(rows, device=self.codes.device)]
+
+
 # ---------------------------------------------------------------- what a latent family holds
 
 @dataclass
@@ -435,10 +475,24 @@ class LatentPrior:
 
     slot: FirstStageSlot
     device: torch.device
+    encodings: Encodings | None = None
 
     def prepare(self, data, heldout, log=print) -> dict:
         """Find the first stage for `data` in the cache, or train it now."""
         return self.slot.prepare(data, heldout, log)
+
+    def attach(self, data: ImageSet, log=print) -> None:
+        """Encode the training images once, before the first step of a session (new or resumed)."""
+        started = time.monotonic()
+        self.encodings = Encodings(self.slot.require(), data.images)
+        log(f"encoded the {len(data)} training images once for the prior: {time.monotonic() - started:.0f} s")
+
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        """What the prior learns from uint8 images: a draw from their codes, found in the training
+        images' encodings where attached, computed now otherwise."""
+        model = self.slot.require()
+        codes = self.encodings.find(images) if self.encodings is not None else None
+        return model.draw(model.codes(images.to(self.device)) if codes is None else codes)
 
     def reconstruct(self, images: torch.Tensor, labels=None) -> torch.Tensor:
         """uint8 images through the first stage: the best any prior over its latents can do."""

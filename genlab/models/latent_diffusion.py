@@ -49,7 +49,7 @@ class LatentDiffusion(LatentPrior, Diffusion):
         return self.slot.model.latent_shape
 
     def to_space(self, images: torch.Tensor) -> torch.Tensor:
-        return self.slot.require().encode(images.to(self.device))
+        return self.latents(images)
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.slot.model.decode(x)

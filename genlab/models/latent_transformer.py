@@ -69,7 +69,7 @@ class LatentTransformer(LatentPrior, Transformer):
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> their first stage tokens [B, h w] in raster order."""
-        return self.slot.require().encode(images.to(self.device)).flatten(1)
+        return self.latents(images).flatten(1)
 
     def images(self, tokens: torch.Tensor) -> torch.Tensor:
         side = self.slot.model.latent_side

@@ -11,7 +11,7 @@ instead of probing for attributes:
 - `Discriminated` and `Diagnosed`: a discriminator's scores, and watches of the family's own
   failures (the GAN's), which the Trainer's diagnostics run without knowing what they watch;
 - `Prepared`: a family that needs the training data before its first step (a latent family's
-  first stage);
+  first stage, and its encodings of the training images);
 - `OwnViews`: pictures only this family can draw (diffusion's denoising chains).
 """
 
@@ -108,6 +108,11 @@ class Prepared(Protocol):
     def prepare(self, data, heldout, log) -> dict:
         """Make what the family needs from the training data (ImageSet; `heldout` may be None)
         before its first step, e.g. a latent family's first stage; returns what run.json records."""
+
+    def attach(self, data, log) -> None:
+        """Compute what the steps reuse from the training data (ImageSet) with the weights as they
+        are now, before the first step of every session, a resumed one too (a latent family encodes
+        the training images once)."""
 
 
 @runtime_checkable

@@ -256,6 +256,16 @@ def prepare(model, data: ImageSet, config: RunConfig, ranks: distributed.Ranks) 
     return info, time.monotonic() - started
 
 
+def attach(model, data: ImageSet, ranks: distributed.Ranks) -> float:
+    """Let a `Prepared` family compute what its steps reuse from the data (every session, after the
+    weights are loaded); the seconds it took, which count in the budget like the first stage's."""
+    if not isinstance(model, Prepared):
+        return 0.0
+    started = time.monotonic()
+    model.attach(data, (lambda text: print(text, file=sys.stderr)) if ranks.is_main else (lambda text: None))
+    return time.monotonic() - started
+
+
 def make_scorer(config: RunConfig, data: ImageSet, ranks: distributed.Ranks):
     """The scorer of --eval-every (its feature extractor trained now if it is not cached)."""
     if not (config.train.eval_every and ranks.is_main):
@@ -313,6 +323,7 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
             meta.setdefault("resumed", []).append({"from_step": trainer.state.step, "command": sys.argv})
             run.save_config(config)  # new budgets, if any
         trainer.say(f"resuming {run.path} from step {trainer.state.step}")
+    trainer.state.seconds += attach(model, data, ranks)
     return finish(trainer, run, meta)
 
 

@@ -120,6 +120,33 @@ def test_latent_diffusion_guidance_zero_is_the_unconditional_model(digits, test_
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
+def test_attached_training_images_are_encoded_once_not_at_every_step(name, digits, test_digits):
+    options = dict(first_stage_width=16, first_stage_steps=30)
+    options.update(width=8, timesteps=20) if name == "latent-diffusion" else options.update(
+        d_model=16, layers=1, heads=2, codebook_size=32)
+    model = latent_model(name, **options)
+    model.prepare(digits, test_digits, log=lambda *_: None)
+    first_stage = model.slot.model
+    batch = digits.images[100:116]
+    torch.manual_seed(4)
+    fresh = model.latents(batch)  # nothing attached yet: encoded now
+    model.attach(digits, log=lambda *_: None)
+    assert len(model.encodings) == len(digits)
+    calls = []
+    first_stage.encoder.register_forward_hook(lambda *_: calls.append(1))
+    torch.manual_seed(4)
+    found = model.latents(batch)  # the same draw from the codes computed at attach
+    if name == "latent-diffusion":
+        assert found.shape == fresh.shape and torch.allclose(found, fresh, atol=1e-5)
+    else:
+        assert found.dtype == torch.int64 and torch.equal(found, fresh)
+    model.train_step(batch, digits.labels[100:116])
+    assert calls == []  # the step found its batch's codes
+    model.latents(test_digits.images[:4])  # images it was not given are encoded now
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
 def test_a_latent_run_resumes_to_the_same_bits_and_records_its_first_stage(name, tmp_path):
     common = ["--model", name, "--limit", "128", "--batch-size", "16", "--no-progress", "--device", "cpu",
               "--grid-size", "4", "--checkpoint-every", "100", *TINY[name]]
