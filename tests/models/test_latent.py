@@ -121,10 +121,9 @@ def test_latent_diffusion_guidance_zero_is_the_unconditional_model(digits, test_
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_attached_training_images_are_encoded_once_not_at_every_step(name, digits, test_digits):
-    options = dict(first_stage_width=16, first_stage_steps=30)
-    options.update(width=8, timesteps=20) if name == "latent-diffusion" else options.update(
-        d_model=16, layers=1, heads=2, codebook_size=32)
-    model = latent_model(name, **options)
+    prior = dict(width=8, timesteps=20) if name == "latent-diffusion" else dict(d_model=16, layers=1, heads=2,
+                                                                                 codebook_size=32)
+    model = latent_model(name, first_stage_width=16, first_stage_steps=30, **prior)
     model.prepare(digits, test_digits, log=lambda *_: None)
     first_stage = model.slot.model
     batch = digits.images[100:116]
