@@ -240,6 +240,11 @@ def diagnostics_for(model, data: ImageSet, config: RunConfig) -> Diagnostics:
     return Diagnostics([*watches, GradientWatch()])
 
 
+def main_rank_log(ranks: distributed.Ranks):
+    """A `log` for a family's set-up: stderr on the first rank, silence on the others."""
+    return (lambda text: print(text, file=sys.stderr)) if ranks.is_main else (lambda text: None)
+
+
 def prepare(model, data: ImageSet, config: RunConfig, ranks: distributed.Ranks) -> tuple[dict | None, float]:
     """What a `Prepared` family needs before its first step (a latent family's first stage, from
     the cache or trained now), and the seconds it took. Under torchrun the first rank fills the cache
@@ -248,7 +253,7 @@ def prepare(model, data: ImageSet, config: RunConfig, ranks: distributed.Ranks) 
         return None, 0.0
     started = time.monotonic()
     heldout = load_heldout(config.data) if config.data.split == "train" else None
-    say = (lambda text: print(text, file=sys.stderr)) if ranks.is_main else (lambda text: None)
+    say = main_rank_log(ranks)
     for turn in ((0,), range(1, ranks.world_size)) if ranks.world_size > 1 else ((0,),):
         if ranks.rank in turn:
             info = model.prepare(data, heldout, say)
@@ -262,7 +267,7 @@ def attach(model, data: ImageSet, ranks: distributed.Ranks) -> float:
     if not isinstance(model, Prepared):
         return 0.0
     started = time.monotonic()
-    model.attach(data, (lambda text: print(text, file=sys.stderr)) if ranks.is_main else (lambda text: None))
+    model.attach(data, main_rank_log(ranks))
     return time.monotonic() - started
 
 
