@@ -35,8 +35,10 @@ VIEWS = {  # the views each family's run must leave in samples/
 OPTIONS = {  # a valid value of every sampling option each family has
     "gan-mlp": {}, "dcgan": {}, "vae": {"temperature": "0.5"}, "vae-mlp": {"temperature": "0.5"},
     "transformer": {"temperature": "0.9", "top_k": "3"},
-    "diffusion": {"sampler": "ddim", "steps": "2", "eta": "0.5", "guidance": "2"},
-    "latent-diffusion": {"sampler": "ddim", "steps": "2", "eta": "0.5", "guidance": "2"},
+    "diffusion": {"sampler": "ddim", "steps": "2", "eta": "0.5", "guidance": "2", "guidance_low": "0.1",
+                  "guidance_high": "0.9"},
+    "latent-diffusion": {"sampler": "ddim", "steps": "2", "eta": "0.5", "guidance": "2", "guidance_low": "0.1",
+                         "guidance_high": "0.9"},
     "latent-transformer": {"temperature": "0.9", "top_k": "3"},
 }
 

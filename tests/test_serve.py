@@ -58,7 +58,8 @@ def test_page_and_run_list(client):
     assert listed["gan"]["conditional"] and len(listed["gan"]["classes"]) == 10 and listed["gan"]["interpolation"]
     assert listed["gan"]["options"] == {} and set(listed["vae"]["options"]) == {"temperature"}
     assert set(listed["pixels"]["options"]) == {"temperature", "top_k"} and not listed["pixels"]["interpolation"]
-    assert set(listed["diff"]["options"]) == {"sampler", "steps", "eta", "guidance"}
+    assert set(listed["diff"]["options"]) == {"sampler", "steps", "eta", "guidance", "guidance_low",
+                                                 "guidance_high"}
     assert listed["diff"]["options"]["steps"]["default"] == 3
 
 

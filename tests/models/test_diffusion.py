@@ -122,6 +122,35 @@ def test_guidance_zero_is_the_unconditional_model():
     assert not torch.equal(guided, model.sample(4, labels=torch.tensor([7, 7, 0, 9]), generator=gen(), guidance=2.0))
 
 
+def test_guidance_in_an_interval_of_noise_levels():
+    model = make(conditional=True, sample_steps=10)  # DDIM visits t = 49, 44, ..., 0 of T = 50
+    model.train_step(torch.randint(0, 256, (8, *SHAPE), dtype=torch.uint8), torch.arange(8))
+    labels = torch.tensor([1, 2, 3, 4])
+    batches = []
+    hook = model.unet_ema.register_forward_hook(lambda net, args, out: batches.append(len(args[0])))
+
+    def sample(**options):
+        batches.clear()
+        return model.sample(4, labels=labels, generator=gen(), guidance=3.0, **options)
+
+    full = sample()
+    assert batches == [8] * 10  # a conditional and an unconditional pass, batched, at every step
+    assert torch.equal(full, sample(guidance_low=0.0, guidance_high=1.0))
+    never = sample(guidance_low=1.0, guidance_high=1.0)  # no step has t/T = 1: scale 1 throughout
+    assert batches == [4] * 10
+    assert torch.equal(never, model.sample(4, labels=labels, generator=gen(), guidance=1.0))
+    middle = sample(guidance_low=0.2, guidance_high=0.6)
+    ts = model.timesteps_for("ddim", 10)
+    assert batches == [8 if 0.2 <= t / 50 <= 0.6 else 4 for t in ts] and 4 in batches and 8 in batches
+    assert not torch.equal(middle, full) and not torch.equal(middle, never)
+    hook.remove()
+    for low, high in [(0.6, 0.2), (-0.1, 0.5), (0.5, 1.5)]:
+        with pytest.raises(GenlabError, match="guidance interval"):
+            sample(guidance_low=low, guidance_high=high)
+    with pytest.raises(GenlabError, match="guidance interval"):
+        apply_overrides(default_config("diffusion"), {"model.guidance_low": 0.9, "model.guidance_high": 0.1}).validate()
+
+
 def test_ddim_step_counts_and_the_denoising_strip():
     model = make(timesteps=50)
     assert model.timesteps_for("ddpm", 5) == list(range(49, -1, -1))
