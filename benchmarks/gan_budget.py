@@ -9,16 +9,16 @@ MNIST sample also, held out: FID within 1.5x of the held-out floor and recall >=
 
     .venv/bin/python benchmarks/gan_budget.py [--minutes 5] [--datasets fashion-mnist mnist-sample] [--recipes best]
 
-Runs go to runs/gan_budget/; the table to benchmarks/results/gan_budget.md.
+Runs go to runs/gan_budget/; the rows to benchmarks/results/gan_budget.rows.json (recipes not rerun
+keep theirs); the table to benchmarks/results/gan_budget.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 from budget_protocol import ROOT, run_recipe, table  # beside this script
-from write_table import write_table
+from write_table import read_rows, write_rows, write_table
 
 RECIPES = {  # dataset -> [(label, config file, extra flags)]
     "fashion-mnist": [("tutorial", "configs/tutorial-gan-mnist.yaml", ()), ("best", "configs/dcgan-fashion.yaml", ())],
@@ -61,13 +61,11 @@ def main() -> None:
     out_root = ROOT / "runs" / "gan_budget"
     todo = [(ds, label, cfg, extra) for ds in args.datasets for label, cfg, extra in RECIPES[ds]
             if not args.recipes or label in args.recipes]
-    previous = out_root / "rows.json"  # recipes not rerun keep their rows from the last run
-    previous.parent.mkdir(parents=True, exist_ok=True)
-    rows = json.loads(previous.read_text()) if previous.is_file() else []
+    rows = read_rows(__file__)  # recipes not rerun keep their rows from the last run
     for ds, label, cfg, extra in todo:
         new = run_recipe(ds, label, cfg, args.minutes, out_root, extra=extra)
         rows = [r for r in rows if (r["dataset"], r["recipe"]) != (ds, label)] + [new]
-        previous.write_text(json.dumps(rows, indent=2))  # a crash later keeps what was measured
+        write_rows(__file__, rows)
     order = [(ds, label) for ds in RECIPES for label, _, _ in RECIPES[ds]]
     rows.sort(key=lambda r: order.index((r["dataset"], r["recipe"])))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))

@@ -16,8 +16,8 @@ in <= 60 s (latent diffusion, DDIM-50) and <= 30 s (latent Transformer).
 
     .venv/bin/python benchmarks/latent_budget.py [--minutes 5 [30]] [--datasets ...] [--recipes ...] [--emoji]
 
-Runs go to runs/latent_budget/; rows not rerun keep their values from runs/latent_budget/rows.json; the
-table to benchmarks/results/latent_budget.md.
+Runs go to runs/latent_budget/; rows not rerun keep their values from
+benchmarks/results/latent_budget.rows.json; the table to benchmarks/results/latent_budget.md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from budget_protocol import ROOT, run_recipe  # beside this script
-from write_table import write_table
+from write_table import read_rows, write_rows, write_table
 
 RECIPES = {  # dataset -> [(label, config)]
     "fashion-mnist": [("latent diffusion", "configs/latent-diffusion-fashion.yaml"),
@@ -140,8 +140,7 @@ def main() -> None:
     parser.add_argument("--emoji", action="store_true", help="also the 64x64 emoji recipe (10 minutes)")
     args = parser.parse_args()
     out_root = ROOT / "runs" / "latent_budget"
-    rows_path = out_root / "rows.json"
-    rows = json.loads(rows_path.read_text()) if rows_path.is_file() else []
+    rows = read_rows(__file__)
     todo = [(ds, label, cfg, minutes) for minutes in args.minutes for ds in args.datasets for label, cfg in RECIPES[ds]
             if not args.recipes or label in args.recipes]
     if args.emoji:
@@ -149,8 +148,7 @@ def main() -> None:
     for dataset, label, config, minutes in todo:
         new = row(dataset, label, config, minutes, out_root, timed=dataset != "emoji" and minutes == RECIPE_MINUTES)
         rows = [r for r in rows if (r["dataset"], r["recipe"]) != (new["dataset"], new["recipe"])] + [new]
-        rows_path.parent.mkdir(parents=True, exist_ok=True)
-        rows_path.write_text(json.dumps(rows, indent=2))
+        write_rows(__file__, rows)
     rows.sort(key=lambda r: (r["dataset"], r["minutes_budget"], r["recipe"]))
     text = "\n".join([table(rows), "", "10,000 samples each; features: " + ", ".join(sorted({r["features"] for r in rows})),
                       "", *verdicts(rows), ""])

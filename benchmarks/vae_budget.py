@@ -2,7 +2,7 @@
 
 Each recipe trains for `--minutes` (5) and 10,000 samples are scored with `genlab eval`, which also
 reports the test NLL (importance-weighted, k = 100) and the negative ELBO. The GAN rows come from
-runs/gan_budget/rows.json when benchmarks/gan_budget.py has been run on this machine. Then one
+benchmarks/results/gan_budget.rows.json (benchmarks/gan_budget.py's last rows). Then one
 longer run on mnist-sample (`--full-minutes`, 20) reports the IW-NLL reached and the minutes it took.
 
     .venv/bin/python benchmarks/vae_budget.py [--minutes 5] [--full-minutes 20] [--datasets ...]
@@ -14,7 +14,7 @@ import argparse
 import json
 
 from budget_protocol import ROOT, run_recipe, table  # beside this script
-from write_table import write_table
+from write_table import read_rows, write_table
 
 RECIPES = {"fashion-mnist": "configs/vae-fashion.yaml", "mnist-sample": "configs/vae-mnist-sample.yaml"}
 
@@ -27,8 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     out_root = ROOT / "runs" / "vae_budget"
     rows = [run_recipe(ds, "vae", RECIPES[ds], args.minutes, out_root) for ds in args.datasets]
-    gan_rows = ROOT / "runs" / "gan_budget" / "rows.json"
-    gans = [r for r in json.loads(gan_rows.read_text()) if r["dataset"] in args.datasets] if gan_rows.is_file() else []
+    gans = [r for r in read_rows("gan_budget.py") if r["dataset"] in args.datasets]
     text = table(sorted(rows + gans, key=lambda r: (r["dataset"], r["model"])),
                  f"budget {args.minutes:g} minutes per recipe; 10,000 samples; GAN rows from benchmarks/gan_budget.py")
     if args.full_minutes:

@@ -22,3 +22,12 @@ def test_a_rewritten_table_keeps_the_notes_below_the_notes_line(tmp_path):
     text = out.read_text()
     assert text.startswith("# benchmarks/some_budget.py\n\n| a |\n|---|\n| 2 |\n") and "| 1 |" not in text
     assert text.endswith(wt.NOTES + "\nRow 1 was run by hand with --seed 3.\n")
+
+
+def test_rows_are_kept_beside_the_table_at_full_precision(tmp_path):
+    wt = load_write_table()
+    assert wt.read_rows("benchmarks/some_budget.py", results=tmp_path) == []
+    rows = [{"dataset": "mnist-sample", "fid_heldout_floor": 11.0412345, "steps": 3000}]
+    path = wt.write_rows("benchmarks/some_budget.py", rows, results=tmp_path)
+    assert path == tmp_path / "some_budget.rows.json"
+    assert wt.read_rows("benchmarks/some_budget.py", results=tmp_path) == rows
