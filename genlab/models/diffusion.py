@@ -30,8 +30,9 @@ SAMPLERS = ("ddim", "ddpm")
 
 # Guidance in a limited interval of noise levels (Kynkäänniemi et al. 2024, https://arxiv.org/abs/2404.07724):
 # at the noisiest steps guidance pulls every chain toward the few most typical images of its class and
-# costs diversity; at the least noisy ones it changes little. Outside the interval the conditional
-# model alone (scale 1) runs: one network pass per step instead of two, so sampling is cheaper too.
+# costs diversity (the paper also leaves out the least noisy steps; genlab's 5-minute latent recipes
+# measured better with them guided: benchmarks/results/latent_budget.md). Outside the interval the
+# conditional model alone (scale 1) runs: one network pass per step instead of two, so sampling is cheaper.
 GUIDANCE_LOW = "classifier-free guidance only at noise levels t/T >= this (0: down to the last step)"
 GUIDANCE_HIGH = "classifier-free guidance only at noise levels t/T <= this (1: from the first step); elsewhere scale 1"
 
