@@ -110,6 +110,15 @@ def test_which_fields_a_resume_may_change_is_said_where_they_are_defined():
     assert config_differences(base, budget) == []
     changed = apply_overrides(base, {"train.batch_size": 32, "model.lr": 1e-3})
     assert config_differences(base, changed) == ["model.lr: 0.0002 -> 0.001", "train.batch_size: 64 -> 32"]
+    # how a model samples is not what its checkpoint means: a resumed run may sample otherwise
+    diffusion = default_config("diffusion")
+    sampling = apply_overrides(diffusion, {"model.guidance": 4.0, "model.guidance_high": 0.5, "model.sampler": "ddpm",
+                                           "model.sample_steps": 20, "model.eta": 1.0})
+    assert config_differences(diffusion, sampling) == []
+    assert config_differences(diffusion, apply_overrides(diffusion, {"model.width": 16})) == ["model.width: 32 -> 16"]
+    for family in ("transformer", "latent-transformer", "vae"):
+        assert config_differences(default_config(family), apply_overrides(default_config(family),
+                                                                          {"model.temperature": 0.7})) == []
 
 
 def test_each_command_takes_its_defaults_from_the_function_it_calls():

@@ -52,12 +52,14 @@ class DiffusionConfig:
     dropout: float = option(0.0, "dropout in the residual blocks")
     conditional: bool = option(False, "class-conditional, with label dropout for classifier-free guidance")
     label_dropout: float = option(0.1, "share of training labels replaced by 'no label' (conditional)")
-    guidance: float = option(1.0, "classifier-free guidance scale s: eps_u + s (eps_c - eps_u); 0 = unconditional")
-    guidance_low: float = option(0.0, GUIDANCE_LOW)
-    guidance_high: float = option(1.0, GUIDANCE_HIGH)
-    sampler: str = option("ddim", "sampler: ddim (few steps) or ddpm (ancestral, all T steps)", choices=SAMPLERS)
-    sample_steps: int = option(50, "DDIM steps when sampling")
-    eta: float = option(0.0, "DDIM noise: 0 deterministic, 1 matches DDPM's step variance")
+    guidance: float = option(1.0, "classifier-free guidance scale s: eps_u + s (eps_c - eps_u); 0 = unconditional",
+                             resumable=True)
+    guidance_low: float = option(0.0, GUIDANCE_LOW, resumable=True)
+    guidance_high: float = option(1.0, GUIDANCE_HIGH, resumable=True)
+    sampler: str = option("ddim", "sampler: ddim (few steps) or ddpm (ancestral, all T steps)", choices=SAMPLERS,
+                          resumable=True)
+    sample_steps: int = option(50, "DDIM steps when sampling", resumable=True)
+    eta: float = option(0.0, "DDIM noise: 0 deterministic, 1 matches DDPM's step variance", resumable=True)
 
     def validate(self) -> None:
         if self.width < 8 or self.width % 8:

@@ -37,8 +37,8 @@ class LatentTransformerConfig(FirstStageOptions):
     lr: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay of the weight matrices")
     conditional: bool = option(False, "class-conditional: the start token is a class token")
-    temperature: float = option(1.0, "sampling temperature (logits / T)")
-    top_k: int = option(0, "sample only among the k most likely codes (0: all)")
+    temperature: float = option(1.0, "sampling temperature (logits / T)", resumable=True)
+    top_k: int = option(0, "sample only among the k most likely codes (0: all)", resumable=True)
 
     def validate(self) -> None:
         self.validate_first_stage()

@@ -51,7 +51,7 @@ class VaeConfig:
     width: int = option(32, "channels of the first convolution (vae) or half the hidden units / 8 (vae-mlp)")
     conditional: bool = option(False, "class-conditional: encoder and decoder are told the label")
     iw_samples: int = option(100, "importance samples k of the log-likelihood estimate")
-    temperature: float = option(1.0, "sampling temperature: z ~ N(0, T^2 I)")
+    temperature: float = option(1.0, "sampling temperature: z ~ N(0, T^2 I)", resumable=True)
 
     def validate(self) -> None:
         if self.latent_dim <= 0:
