@@ -53,6 +53,9 @@ class GanMlpConfig:
                                       "exponential decay: late steps refine instead of jumping; none: constant)")
     d_steps: int = option(1, "D updates per G update (each with fresh noise, on the same real batch)")
     gp_weight: float = option(10.0, "weight of WGAN-GP's gradient penalty (with --loss wgan-gp)")
+    r1: float = option(0.0, "weight gamma of the R1 penalty, gamma/2 E||grad D(x)||^2 on real images (Mescheder "
+                       "et al. 2018): D may not grow steep around the training images (0: off)")
+    r1_every: int = option(16, "apply R1 every N D updates, its weight times N (lazy regularisation, StyleGAN2)")
     ema: float | None = option(None, "decay of an exponential moving average of G used for sampling (e.g. 0.999)")
     ema_warmup: bool = option(False, "start the average's decay low, min(ema, (1 + t) / (10 + t)) at step t, so "
                               "that the first, random weights fade fast (short runs: 3,000 steps at 0.999 "
@@ -78,6 +81,10 @@ class GanMlpConfig:
             raise GenlabError(f"lr_half_life is a number of steps > 0, got {self.lr_half_life}")
         if self.d_steps <= 0:
             raise GenlabError(f"d_steps must be positive, got {self.d_steps}")
+        if self.r1 < 0:
+            raise GenlabError(f"r1 is a penalty weight >= 0 (0: off), got {self.r1}")
+        if self.r1_every <= 0:
+            raise GenlabError(f"r1_every is a number of D updates >= 1, got {self.r1_every}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise GenlabError(f"ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
         if self.ema_warmup and self.ema is None:
@@ -128,6 +135,13 @@ def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, label
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
 
+def r1_penalty(d_real: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """E||grad_x D(x)||^2 over real images x (which must require grad), summed over pixels: the
+    gradient of D's score on the data, which R1 keeps small (Mescheder et al. 2018, arXiv:1801.04406)."""
+    grad, = torch.autograd.grad(d_real.sum(), x, create_graph=True)
+    return grad.float().square().flatten(1).sum(1).mean()
+
+
 def d_accuracy(d_real: torch.Tensor, d_fake: torch.Tensor, kind: str) -> torch.Tensor:
     """How often D tells real from fake (threshold 0 on logits, 0.5 for least squares, the midpoint
     of the two means for WGAN's unbounded critic): near 1 means D is winning outright."""
@@ -176,6 +190,7 @@ class Gan:
         self.ema_statistics_fresh = False
         self.policy = parse_policy(config.augment)
         self.steps = 0  # G updates so far (the learning-rate decay counts them)
+        self.d_updates = 0  # D updates so far (lazy R1 counts them)
 
     @property
     def latent_dim(self) -> int:
@@ -201,13 +216,19 @@ class Gan:
         return augment(x, self.policy) if self.policy else x
 
     def _update_d(self, x, fake, labels) -> dict[str, float]:
-        rt, kind = self.rt, self.config.loss
+        rt, kind, cfg = self.rt, self.config.loss, self.config
+        r1 = cfg.r1 > 0 and self.d_updates % cfg.r1_every == 0
+        self.d_updates += 1
         with rt.autocast():
             x_in, fake_in = self._aug(x), self._aug(fake)
+            if r1:
+                x_in = x_in.detach().requires_grad_(True)
             d_real, d_fake = self.D(x_in, labels).float(), self.D(fake_in, labels).float()
             loss = d_loss(d_real, d_fake, kind)
             if kind == "wgan-gp":
-                loss = loss + self.config.gp_weight * gradient_penalty(self.D, x_in, fake_in, labels)
+                loss = loss + cfg.gp_weight * gradient_penalty(self.D, x_in, fake_in, labels)
+            if r1:
+                loss = loss + cfg.r1 / 2 * cfg.r1_every * r1_penalty(d_real, x_in)
         self.opt_D.zero_grad(set_to_none=True)
         rt.backward(loss)
         grad = rt.finish_grads("D", self.D, self.opt_D, loss)
@@ -346,7 +367,8 @@ class Gan:
         if self.G_ema is not None and not self.ema_statistics_fresh:
             self.refresh_ema_statistics()  # saved weights sample as the live model does
         state = {"G": self.G.state_dict(), "D": self.D.state_dict(),
-                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "steps": torch.tensor(self.steps)}
+                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "steps": torch.tensor(self.steps),
+                 "d_updates": torch.tensor(self.d_updates)}
         if self.G_ema is not None:
             state["G_ema"] = self.G_ema.state_dict()
         return state
@@ -357,6 +379,7 @@ class Gan:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.steps = int(state.get("steps", 0))  # runs saved before the decay existed have none
+        self.d_updates = int(state.get("d_updates", self.steps * self.config.d_steps))  # or before lazy R1
         if self.G_ema is not None:
             self.G_ema.load_state_dict(state["G_ema"])
             self.ema_statistics_fresh = True  # state_dict() refreshed them before saving
