@@ -190,7 +190,6 @@ class Gan:
         self.ema_statistics_fresh = False
         self.policy = parse_policy(config.augment)
         self.steps = 0  # G updates so far (the learning-rate decay counts them)
-        self.d_updates = 0  # D updates so far (lazy R1 counts them)
 
     @property
     def latent_dim(self) -> int:
@@ -215,10 +214,11 @@ class Gan:
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
         return augment(x, self.policy) if self.policy else x
 
-    def _update_d(self, x, fake, labels) -> dict[str, float]:
+    def _update_d(self, x, fake, labels, index: int = 0) -> dict[str, float]:
+        """D's update number `index` of this step's d_steps; lazy R1 counts D's updates from
+        steps x d_steps, so nothing beyond the step count is saved for it."""
         rt, kind, cfg = self.rt, self.config.loss, self.config
-        r1 = cfg.r1 > 0 and self.d_updates % cfg.r1_every == 0
-        self.d_updates += 1
+        r1 = cfg.r1 > 0 and (self.steps * cfg.d_steps + index) % cfg.r1_every == 0
         with rt.autocast():
             x_in, fake_in = self._aug(x), self._aug(fake)
             if r1:
@@ -300,10 +300,10 @@ class Gan:
             fake = self._generate(len(x), y)
             logs = self._update_d(x, fake.detach(), y)
         else:
-            for _ in range(self.config.d_steps):
+            for i in range(self.config.d_steps):
                 with torch.no_grad():
                     fake_d = self._generate(len(x), y)
-                logs = self._update_d(x, fake_d, y)
+                logs = self._update_d(x, fake_d, y, i)
             fake = self._generate(len(x), y)
         logs = {**logs, **self._update_g(fake, y)}
         self.steps += 1
@@ -367,8 +367,7 @@ class Gan:
         if self.G_ema is not None and not self.ema_statistics_fresh:
             self.refresh_ema_statistics()  # saved weights sample as the live model does
         state = {"G": self.G.state_dict(), "D": self.D.state_dict(),
-                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "steps": torch.tensor(self.steps),
-                 "d_updates": torch.tensor(self.d_updates)}
+                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "steps": torch.tensor(self.steps)}
         if self.G_ema is not None:
             state["G_ema"] = self.G_ema.state_dict()
         return state
@@ -379,7 +378,6 @@ class Gan:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.steps = int(state.get("steps", 0))  # runs saved before the decay existed have none
-        self.d_updates = int(state.get("d_updates", self.steps * self.config.d_steps))  # or before lazy R1
         if self.G_ema is not None:
             self.G_ema.load_state_dict(state["G_ema"])
             self.ema_statistics_fresh = True  # state_dict() refreshed them before saving
