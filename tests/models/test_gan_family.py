@@ -11,6 +11,7 @@ from genlab.config import apply_overrides, default_config
 from genlab.errors import GenlabError
 from genlab.models import MODELS, build_model
 from genlab.models import diffaug
+from genlab.models.common import to_unit
 from genlab.models.gan import LOSSES, d_loss, g_loss, gradient_penalty, r1_penalty
 from genlab.core.runtime import seed_everything
 
@@ -115,7 +116,7 @@ def test_r1_penalty_is_the_squared_gradient_norm_on_real_images():
 
 
 def _real_gradient_norm(model, images, labels):
-    x = (images.float() / 127.5 - 1).requires_grad_(True)
+    x = to_unit(images).requires_grad_(True)  # as train_step shows D the real images
     grad, = torch.autograd.grad(model.D(x, labels).sum(), x)
     return float(grad.flatten(1).norm(dim=1).mean())
 
