@@ -91,6 +91,59 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
+class LazyOptimizer:
+    """A torch optimiser built on its first use: `LazyOptimizer(torch.optim.Adam, params, lr=...)`
+    stands where the optimiser would (step, zero_grad, param_groups, state_dict, load_state_dict).
+
+    Building any torch optimiser first imports torch._dynamo (1.8-2.6 s on 2 CPU cores), which
+    `genlab sample`, `eval` and `serve` never need: they load a run's optimiser state and never
+    step. A state loaded before the first use waits for it (its structure checked at once, with
+    torch's messages) and is what `state_dict()` returns until then, so a loaded model saves the
+    very state it loaded."""
+
+    _OWN = ("_cls", "_groups", "_kwargs", "_opt", "_state")
+
+    def __init__(self, cls: type, params, **kwargs):
+        params = list(params)
+        self._cls, self._kwargs, self._opt, self._state = cls, kwargs, None, None
+        # the parameters now (a generator would be spent), in groups as the optimiser takes them
+        self._groups = [dict(g, params=list(g["params"])) for g in params] if params and isinstance(params[0], dict) \
+            else [{"params": params}]
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        if self._opt is None:
+            opt = self._cls(self._groups, **self._kwargs)
+            if self._state is not None:
+                opt.load_state_dict(self._state)
+            self._opt, self._state = opt, None
+        return self._opt
+
+    def __getattr__(self, name: str):
+        if name in LazyOptimizer._OWN or name.startswith("__"):  # copy and pickle look for dunders
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)
+
+    def state_dict(self) -> dict:
+        if self._opt is None and self._state is not None:
+            return self._state
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._opt is not None:
+            self._opt.load_state_dict(state)
+            return
+        saved = state.get("param_groups") if isinstance(state, dict) else None
+        if not isinstance(saved, list) or not isinstance(state.get("state"), dict):
+            raise ValueError("an optimiser state needs 'state' and 'param_groups'")
+        if len(saved) != len(self._groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        if any(len(s.get("params", ())) != len(g["params"]) for s, g in zip(saved, self._groups)):
+            raise ValueError("loaded state dict contains a parameter group that doesn't match the size of "
+                             "optimizer's group")
+        self._state = state
+
+
 class NonFiniteError(Exception):
     """A loss or a gradient became NaN or infinite; raised before the optimiser sees it."""
 

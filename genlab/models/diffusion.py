@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import option
-from genlab.core.runtime import Runtime
+from genlab.core.runtime import LazyOptimizer, Runtime
 from genlab.errors import GenlabError
 from genlab.models import common
 from genlab.models.common import EMA, to_uint8, to_unit
@@ -294,7 +294,7 @@ class Diffusion:
         self.unet = UNet(c, config.width, self.conditional_classes, config.dropout, h).to(self.device)
         self.ema = EMA(self.unet, config.ema, warmup=True)  # early weights fade fast
         self.unet_ema = self.ema.net.eval()
-        self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
+        self.opt = LazyOptimizer(torch.optim.Adam, self.unet.parameters(), lr=config.lr)
         self.schedule = Schedule(config.schedule, config.timesteps)
         self.steps = 0
 

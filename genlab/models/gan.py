@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import option
-from genlab.core.runtime import Runtime
+from genlab.core.runtime import LazyOptimizer, Runtime
 from genlab.errors import GenlabError
 from genlab.models import common, nets
 from genlab.models.common import EMA, to_uint8, to_unit
@@ -183,8 +183,8 @@ class Gan:
         if config.name == "dcgan":  # oneDNN's convolutions run ~12 % faster on NHWC (measured on 2 CPU cores)
             self.G, self.D = (net.to(memory_format=torch.channels_last) for net in (self.G, self.D))
         betas = (config.beta1, config.beta2)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d or config.lr, betas=betas)
+        self.opt_G = LazyOptimizer(torch.optim.Adam, self.G.parameters(), lr=config.lr, betas=betas)
+        self.opt_D = LazyOptimizer(torch.optim.Adam, self.D.parameters(), lr=config.lr_d or config.lr, betas=betas)
         self.ema = EMA(self.G, config.ema, warmup=config.ema_warmup) if config.ema else None
         self.G_ema = self.ema.net if self.ema else None
         self.ema_statistics_fresh = False

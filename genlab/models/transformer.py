@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import option
-from genlab.core.runtime import Runtime
+from genlab.core.runtime import LazyOptimizer, Runtime
 from genlab.errors import GenlabError
 from genlab.models import common
 
@@ -216,8 +216,9 @@ class Transformer:
         self.net = PixelTransformer(self.length, self.vocab, self.conditional_classes or 1, config).to(self.device)
         decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and not n.startswith(("embed", "pos"))]
         no_decay = [p for n, p in self.net.named_parameters() if not any(p is q for q in decay)]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
+        self.opt = LazyOptimizer(torch.optim.AdamW, [{"params": decay, "weight_decay": config.weight_decay},
+                                                     {"params": no_decay, "weight_decay": 0.0}],
+                                 lr=config.lr, betas=(0.9, 0.95))
 
     @property
     def likelihood_dims(self) -> int:

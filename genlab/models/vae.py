@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import option
-from genlab.core.runtime import Runtime
+from genlab.core.runtime import LazyOptimizer, Runtime
 from genlab.errors import GenlabError
 from genlab.models import common, nets
 
@@ -227,7 +227,7 @@ class Vae:
             self.encoder = MLPEncoder(self.image_shape, w, L, k)
             self.decoder = MLPDecoder(self.image_shape, w, L, out_channels, k)
         self.encoder, self.decoder = self.encoder.to(self.device), self.decoder.to(self.device)
-        self.opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=config.lr)
+        self.opt = LazyOptimizer(torch.optim.Adam, [*self.encoder.parameters(), *self.decoder.parameters()], lr=config.lr)
         self.steps = 0  # for the KL warm-up; saved with the state
 
     @property

@@ -1,15 +1,19 @@
 """The runtime: the one fused finiteness check, devices, and every random generator captured for an
 exact resume."""
 
+import copy
 import math
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from genlab.core.runtime import NonFiniteError, Runtime, capture_rng, resolve_device, restore_rng, seed_everything
+from genlab.core.runtime import (LazyOptimizer, NonFiniteError, Runtime, capture_rng, resolve_device, restore_rng,
+                                 seed_everything)
 from genlab.errors import GenlabError
 
 
@@ -74,3 +78,79 @@ def test_a_rank_takes_its_share_of_the_global_batch():
     assert torch.equal(Runtime(rank=1, world_size=2).shard(x), torch.tensor([4, 5, 6, 7]))
     assert Runtime(rank=1, world_size=2).global_batch(4) == 8
     assert torch.equal(Runtime().shard(x), x)
+
+
+# ---------------------------------------------------------------- the lazy optimiser
+
+def _two_nets():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    b = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _steps(net, opt, n=3):
+    for i in range(n):
+        opt.zero_grad(set_to_none=True)
+        net(torch.full((5, 4), 0.1 * (i + 1))).square().mean().backward()
+        opt.step()
+
+
+def _groups(net):
+    return [{"params": [net[0].weight, net[2].weight], "weight_decay": 0.1},
+            {"params": [net[0].bias, net[2].bias], "weight_decay": 0.0}]
+
+
+def test_a_lazy_optimiser_steps_and_saves_as_the_optimiser_it_stands_for():
+    a, b = _two_nets()
+    eager = torch.optim.AdamW(_groups(a), lr=1e-2)
+    lazy = LazyOptimizer(torch.optim.AdamW, _groups(b), lr=1e-2)
+    assert lazy._opt is None  # nothing built yet
+    _steps(a, eager)
+    _steps(b, lazy)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert lazy.param_groups[1]["weight_decay"] == 0.0 and isinstance(lazy.optimizer, torch.optim.AdamW)
+    saved = copy.deepcopy(eager.state_dict())
+    assert torch.equal(lazy.state_dict()["state"][0]["exp_avg"], saved["state"][0]["exp_avg"])
+
+    # a state loaded before the first use waits for it, and is what the optimiser then continues from
+    c, d = _two_nets()
+    c.load_state_dict(a.state_dict()), d.load_state_dict(a.state_dict())
+    waiting = LazyOptimizer(torch.optim.AdamW, _groups(d), lr=1e-2)
+    waiting.load_state_dict(copy.deepcopy(saved))
+    assert waiting._opt is None and waiting.state_dict()["state"][0]["step"] == saved["state"][0]["step"]
+    resumed = torch.optim.AdamW(_groups(c), lr=1e-2)
+    resumed.load_state_dict(copy.deepcopy(saved))
+    _steps(c, resumed)
+    _steps(d, waiting)
+    assert all(torch.equal(p, q) for p, q in zip(c.parameters(), d.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), d.parameters()))
+
+
+def test_a_lazy_optimiser_refuses_a_state_of_another_shape_when_it_is_loaded():
+    a, _ = _two_nets()
+    saved = torch.optim.Adam(a.parameters()).state_dict()
+    lazy = LazyOptimizer(torch.optim.Adam, _groups(a))
+    with pytest.raises(ValueError, match="number of parameter groups"):
+        lazy.load_state_dict(saved)
+    fewer = LazyOptimizer(torch.optim.Adam, list(a.parameters())[:3])
+    with pytest.raises(ValueError, match="doesn't match the size"):
+        fewer.load_state_dict(saved)
+    with pytest.raises(ValueError, match="'state' and 'param_groups'"):
+        fewer.load_state_dict({"net": 1})
+    assert lazy._opt is None and fewer._opt is None
+
+
+def test_sampling_a_run_builds_no_optimiser(tmp_path):
+    """Building a torch optimiser imports torch._dynamo (~2 s); loading a run to sample does not."""
+    from genlab.training.trainer import train
+    from tests.conftest import tiny_config
+
+    run = train(tiny_config(tmp_path / "run", steps=2))
+    code = ("import sys; from genlab.generate import load; "
+            f"images = load({str(run)!r}).sample(4); "
+            "assert images.shape[0] == 4; print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
