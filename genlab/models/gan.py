@@ -33,6 +33,7 @@ from genlab.models.diffaug import augment, parse_policy
 from genlab.models.gan_diagnostics import GanWatch
 
 EMA_STATISTICS_SEED, EMA_STATISTICS_BATCHES, EMA_STATISTICS_BATCH = 20141, 8, 256
+LECAM_DECAY = 0.99
 LOSSES = ("non-saturating", "minimax", "hinge", "least-squares", "wgan-gp")
 
 
@@ -65,6 +66,12 @@ class GanMlpConfig:
     conditional: bool = option(False, "class-conditional: G and D are told the label")
     conditioning: str = option("projection", "how D is told the label", choices=("projection", "concat"))
     width: int = option(32, "channels of DCGAN's first layer (dcgan only)")
+    g_width: int | None = option(None, "G's own width when it should differ from D's (dcgan only; none: --width)")
+    lecam: float = option(0.0, "weight of the LeCam regulariser (Tseng et al. 2021): D's scores on real images are "
+                          "held near the moving average of its scores on fakes and vice versa, so on few images D "
+                          "cannot drift to extreme scores (0: off)")
+    mode_seeking: float = option(0.0, "weight of MSGAN's mode-seeking term (Mao et al. 2019): G is pushed to make two "
+                                 "noise vectors of one class give different images, against one look per class (0: off)")
     minibatch_std: bool = option(False, "give D the spread of features across groups of 4 images, so it can "
                                  "see a batch of look-alike fakes (dcgan only; against mode collapse)")
 
@@ -89,8 +96,16 @@ class GanMlpConfig:
             raise GenlabError(f"ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
         if self.ema_warmup and self.ema is None:
             raise GenlabError("--ema-warmup warms up a moving average; give its decay too, e.g. --ema 0.999")
-        if self.width < 4 or self.width % 2:
-            raise GenlabError(f"width must be an even number of channels >= 4, got {self.width}")
+        for name in ("width", "g_width"):
+            value = getattr(self, name)
+            if value is not None and (value < 4 or value % 2):
+                raise GenlabError(f"{name} must be an even number of channels >= 4, got {value}")
+        if self.g_width is not None and self.name != "dcgan":
+            raise GenlabError("--g-width is an option of the dcgan generator; use --model dcgan or leave it out")
+        if self.lecam < 0:
+            raise GenlabError(f"lecam is a penalty weight >= 0 (0: off), got {self.lecam}")
+        if self.mode_seeking < 0:
+            raise GenlabError(f"mode_seeking is a weight >= 0 (0: off), got {self.mode_seeking}")
         parse_policy(self.augment)
         if self.minibatch_std and self.name != "dcgan":
             raise GenlabError("--minibatch-std is an option of the dcgan discriminator; use --model dcgan or leave it out")
@@ -142,6 +157,21 @@ def r1_penalty(d_real: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return grad.float().square().flatten(1).sum(1).mean()
 
 
+def mode_seeking_penalty(fake: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """MSGAN's term (Mao et al. 2019, arXiv:1903.05628): 1 / (d(G(z1), G(z2)) / d(z1, z2) + 1e-5), mean
+    absolute distances, over pairs of one batch that share a label (each image with the next one of its
+    class in the batch; any next image when unconditional). Small when G's images spread as z does."""
+    order = torch.argsort(labels, stable=True) if labels is not None else torch.arange(len(z), device=z.device)
+    a, b = order[:-1], order[1:]
+    if labels is not None:
+        same = labels[a] == labels[b]
+        a, b = a[same], b[same]
+    if len(a) == 0:
+        return fake.sum() * 0
+    ratio = (fake[a] - fake[b]).abs().flatten(1).mean(1) / (z[a] - z[b]).abs().mean(1)
+    return (1 / (ratio + 1e-5)).mean()
+
+
 def d_accuracy(d_real: torch.Tensor, d_fake: torch.Tensor, kind: str) -> torch.Tensor:
     """How often D tells real from fake (threshold 0 on logits, 0.5 for least squares, the midpoint
     of the two means for WGAN's unbounded critic): near 1 means D is winning outright."""
@@ -173,7 +203,7 @@ class Gan:
         k, sn = self.conditional_classes, config.spectral_norm
         if config.name == "dcgan":
             common.check_image_size(self.image_shape, "dcgan")
-            self.G = nets.DCGenerator(config.latent_dim, self.image_shape, config.width, k)
+            self.G = nets.DCGenerator(config.latent_dim, self.image_shape, config.g_width or config.width, k)
             self.D = nets.DCDiscriminator(self.image_shape, config.width, k, config.conditioning, sn,
                                             config.minibatch_std)
         else:
@@ -190,6 +220,8 @@ class Gan:
         self.ema_statistics_fresh = False
         self.policy = parse_policy(config.augment)
         self.steps = 0  # G updates so far (the learning-rate decay counts them)
+        # LeCam: moving sums of D's mean score on real images, on fakes, and of the weights (to debias)
+        self.lecam_anchors = torch.zeros(3)
 
     @property
     def latent_dim(self) -> int:
@@ -205,11 +237,12 @@ class Gan:
 
     # ---------------------------------------------------------------- training
 
-    def _generate(self, batch: int, labels) -> torch.Tensor:
+    def _generate(self, batch: int, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G(z), z) for a batch."""
         # z for the whole global batch, this rank's share: N ranks compute what one process does
         z = self.rt.shard(torch.randn(self.rt.global_batch(batch), self.config.latent_dim, device=self.device))
         with self.rt.autocast():
-            return self.G(z, labels)
+            return self.G(z, labels), z
 
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
         return augment(x, self.policy) if self.policy else x
@@ -225,6 +258,8 @@ class Gan:
                 x_in = x_in.detach().requires_grad_(True)
             d_real, d_fake = self.D(x_in, labels).float(), self.D(fake_in, labels).float()
             loss = d_loss(d_real, d_fake, kind)
+            if cfg.lecam > 0:
+                loss = loss + cfg.lecam * self._lecam(d_real, d_fake)
             if kind == "wgan-gp":
                 loss = loss + cfg.gp_weight * gradient_penalty(self.D, x_in, fake_in, labels)
             if r1:
@@ -240,12 +275,23 @@ class Gan:
                                                   d_accuracy(d_real, d_fake, kind)]).tolist()
         return {"loss_d": loss_d, "d_real": d_x, "d_fake": d_gz, "d_acc": acc, "grad_norm_d": grad}
 
-    def _update_g(self, fake, labels) -> dict[str, float]:
+    def _lecam(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        """LeCam's regulariser (Tseng et al. 2021, arXiv:2104.03310): real scores above the fakes'
+        moving average and fake scores below the reals' are penalised quadratically. The averages
+        (decay 0.99, debiased as Adam's moments are) are part of the state, so resuming is exact."""
+        batch = torch.stack([d_real.detach().mean().cpu(), d_fake.detach().mean().cpu(), torch.ones(())])
+        self.lecam_anchors = LECAM_DECAY * self.lecam_anchors + (1 - LECAM_DECAY) * batch
+        real_anchor, fake_anchor = (self.lecam_anchors[:2] / self.lecam_anchors[2]).to(d_real.device)
+        return F.relu(d_real - fake_anchor).square().mean() + F.relu(real_anchor - d_fake).square().mean()
+
+    def _update_g(self, fake, labels, z) -> dict[str, float]:
         rt = self.rt
         self.D.requires_grad_(False)  # G's update needs gradients through D, not of D's weights
         try:
             with rt.autocast():
                 loss = g_loss(self.D(self._aug(fake), labels).float(), self.config.loss)
+                if self.config.mode_seeking > 0:
+                    loss = loss + self.config.mode_seeking * mode_seeking_penalty(fake.float(), z, labels)
             self.opt_G.zero_grad(set_to_none=True)
             rt.backward(loss)
         finally:
@@ -297,15 +343,15 @@ class Gan:
         x = to_unit(images.to(self.device))
         y = labels.to(self.device) if self.conditional_classes else None
         if self.config.d_steps == 1:
-            fake = self._generate(len(x), y)
+            fake, z = self._generate(len(x), y)
             logs = self._update_d(x, fake.detach(), y)
         else:
             for i in range(self.config.d_steps):
                 with torch.no_grad():
-                    fake_d = self._generate(len(x), y)
+                    fake_d, _ = self._generate(len(x), y)
                 logs = self._update_d(x, fake_d, y, i)
-            fake = self._generate(len(x), y)
-        logs = {**logs, **self._update_g(fake, y)}
+            fake, z = self._generate(len(x), y)
+        logs = {**logs, **self._update_g(fake, y, z)}
         self.steps += 1
         return logs
 
@@ -370,6 +416,8 @@ class Gan:
                  "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "steps": torch.tensor(self.steps)}
         if self.G_ema is not None:
             state["G_ema"] = self.G_ema.state_dict()
+        if self.config.lecam > 0:
+            state["lecam_anchors"] = self.lecam_anchors.clone()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -378,6 +426,8 @@ class Gan:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.steps = int(state.get("steps", 0))  # runs saved before the decay existed have none
+        if self.config.lecam > 0:
+            self.lecam_anchors = state["lecam_anchors"].clone().float()
         if self.G_ema is not None:
             self.G_ema.load_state_dict(state["G_ema"])
             self.ema_statistics_fresh = True  # state_dict() refreshed them before saving

@@ -111,7 +111,8 @@ class GanWatch(Watch):
             parts.append(f"the evaluation classifier finds only {classes} of the {k} classes")
         return Diagnosis("mode_collapse", step,
                          "Mode collapse: " + " and ".join(parts) + ". G is producing a few kinds of image. "
-                         "Try --ema 0.999, --conditional, a lower learning rate, or --loss wgan-gp.",
+                         "Try --ema 0.999, --conditional, a lower learning rate, --loss wgan-gp, or --mode-seeking 0.1 "
+                         "(MSGAN: G is pushed to spread its images as its noise spreads).",
                          {"diversity_ratio": ratio, "classes_found": classes})
 
     def _overfitting(self, step: int) -> Diagnosis | None:
