@@ -65,6 +65,8 @@ class GanMlpConfig:
     augment: str = option("", "DiffAugment policy for D's inputs: translation,cutout,color (small datasets)")
     conditional: bool = option(False, "class-conditional: G and D are told the label")
     conditioning: str = option("projection", "how D is told the label", choices=("projection", "concat"))
+    class_norm: bool = option(False, "conditional BatchNorm in G: each class its own gain and bias after every "
+                              "normalisation, beside the label at G's input (dcgan, --conditional)")
     width: int = option(32, "channels of DCGAN's first layer (dcgan only)")
     g_width: int | None = option(None, "G's own width when it should differ from D's (dcgan only; none: --width)")
     lecam: float = option(0.0, "weight of the LeCam regulariser (Tseng et al. 2021): D's scores on real images are "
@@ -100,6 +102,9 @@ class GanMlpConfig:
             value = getattr(self, name)
             if value is not None and (value < 4 or value % 2):
                 raise GenlabError(f"{name} must be an even number of channels >= 4, got {value}")
+        if self.class_norm and not (self.conditional and self.name == "dcgan"):
+            raise GenlabError("--class-norm is an option of a conditional dcgan generator; add --model dcgan "
+                              "--conditional or leave it out")
         if self.g_width is not None and self.name != "dcgan":
             raise GenlabError("--g-width is an option of the dcgan generator; use --model dcgan or leave it out")
         if self.lecam < 0:
@@ -203,7 +208,8 @@ class Gan:
         k, sn = self.conditional_classes, config.spectral_norm
         if config.name == "dcgan":
             common.check_image_size(self.image_shape, "dcgan")
-            self.G = nets.DCGenerator(config.latent_dim, self.image_shape, config.g_width or config.width, k)
+            self.G = nets.DCGenerator(config.latent_dim, self.image_shape, config.g_width or config.width, k,
+                                      config.class_norm)
             self.D = nets.DCDiscriminator(self.image_shape, config.width, k, config.conditioning, sn,
                                             config.minibatch_std)
         else:

@@ -129,12 +129,28 @@ def dcgan_levels(side: int) -> int:
     return 2 if side <= 32 else 3
 
 
+class ClassBatchNorm2d(nn.Module):
+    """BatchNorm whose gain and bias are looked up per class (conditional BatchNorm: Dumoulin et al.
+    2017, arXiv:1610.07629; the generators of Miyato & Koyama 2018 and BigGAN): x [B, C, H, W],
+    labels [B] -> BN(x) * gain[y] + bias[y], gains starting at 1 and biases at 0 (plain BN)."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Parameter(torch.ones(num_classes, channels))
+        self.bias = nn.Parameter(torch.zeros(num_classes, channels))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) * self.gain[labels, :, None, None] + self.bias[labels, :, None, None]
+
+
 class DCGenerator(nn.Module):
     """z -> (2w, H/4, W/4) -> ConvT -> (w, H/2) -> ConvT -> (w/2, H) -> Conv -> C, Tanh; BatchNorm
-    and ReLU between, as in DCGAN. Above 32 px one level more: z -> (4w, H/8) -> ... -> (w/2, H)."""
+    and ReLU between, as in DCGAN. Above 32 px one level more: z -> (4w, H/8) -> ... -> (w/2, H).
+    `class_norm`: a conditional G's BatchNorms take their gain and bias from the label too."""
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 32,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, class_norm: bool = False):
         super().__init__()
         c, h, _ = image_shape
         levels = dcgan_levels(h)
@@ -146,12 +162,16 @@ class DCGenerator(nn.Module):
         layers, c_in = [], top
         for i in range(levels):
             c_out = top // 2 ** (i + 1)
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            norm = ClassBatchNorm2d(c_out, num_classes) if class_norm and num_classes else nn.BatchNorm2d(c_out)
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), norm, nn.ReLU()]
             c_in = c_out
         self.net = nn.Sequential(*layers, nn.Conv2d(c_in, c, 3, 1, 1), nn.Tanh())
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(self.project(self.cond(z, labels)).view(-1, *self.start))
+        h = self.project(self.cond(z, labels)).view(-1, *self.start)
+        for layer in self.net:
+            h = layer(h, labels) if isinstance(layer, ClassBatchNorm2d) else layer(h)
+        return h
 
 
 class DCDiscriminator(nn.Module):

@@ -27,6 +27,7 @@ VARIANTS = [
     ("dcgan", {"minibatch_std": True, "lr_half_life": 3, "ema": 0.99, "conditional": True}),
     ("dcgan", {"r1": 1.0, "r1_every": 1, "augment": "translation", "conditional": True}),
     ("dcgan", {"lecam": 0.1, "mode_seeking": 1.0, "g_width": 12, "conditional": True, "d_steps": 2}),
+    ("dcgan", {"class_norm": True, "conditional": True, "ema": 0.99}),
 ]
 
 
@@ -361,3 +362,32 @@ def test_mode_seeking_pairs_images_of_one_class():
     cfg = apply_overrides(default_config("dcgan"), {"model.mode_seeking": -1.0})
     with pytest.raises(GenlabError, match="mode_seeking is a weight >= 0"):
         cfg.validate()
+
+
+def test_class_norm_gives_each_class_its_own_gain_and_bias():
+    from genlab.models.nets import ClassBatchNorm2d
+
+    norm = ClassBatchNorm2d(3, 4)
+    with torch.no_grad():
+        norm.gain[2] = torch.tensor([2.0, 0.0, 1.0])
+        norm.bias[2] = torch.tensor([0.5, 1.0, -1.0])
+    x, labels = torch.randn(6, 3, 5, 5), torch.tensor([2, 0, 2, 1, 3, 2])
+    out = norm(x, labels)
+    plain = torch.nn.functional.batch_norm(x, None, None, training=True)
+    torch.testing.assert_close(out[1], plain[1])  # an untouched class: plain BatchNorm
+    torch.testing.assert_close(out[0], plain[0] * torch.tensor([2.0, 0.0, 1.0])[:, None, None]
+                               + torch.tensor([0.5, 1.0, -1.0])[:, None, None])
+    # in a G, the label reaches the image through the norms alone when the input embedding is silenced
+    model = make("dcgan", class_norm=True, conditional=True)
+    with torch.no_grad():
+        model.G.cond.embed.weight.zero_()
+        for m in model.G.modules():
+            if isinstance(m, ClassBatchNorm2d):
+                m.bias[3] += 1.0
+    z = torch.randn(4, model.latent_dim)
+    a, b = model.decode(z, torch.full((4,), 3)), model.decode(z, torch.full((4,), 5))
+    assert (a - b).abs().mean() > 0.01
+    for bad in ({"class_norm": True}, {"class_norm": True, "conditional": True, "name": "gan-mlp"}):
+        cfg = apply_overrides(default_config("dcgan"), {f"model.{k}": v for k, v in bad.items()})
+        with pytest.raises(GenlabError, match="--class-norm is an option of a conditional dcgan"):
+            cfg.validate()
