@@ -226,8 +226,7 @@ class Gan:
         self.ema_statistics_fresh = False
         self.policy = parse_policy(config.augment)
         self.steps = 0  # G updates so far (the learning-rate decay counts them)
-        # LeCam: moving sums of D's mean score on real images, on fakes, and of the weights (to debias)
-        self.lecam_anchors = torch.zeros(3)
+        self.lecam_anchors = torch.zeros(2, device=self.device)  # LeCam: D's mean real and fake scores, averaged
 
     @property
     def latent_dim(self) -> int:
@@ -265,7 +264,7 @@ class Gan:
             d_real, d_fake = self.D(x_in, labels).float(), self.D(fake_in, labels).float()
             loss = d_loss(d_real, d_fake, kind)
             if cfg.lecam > 0:
-                loss = loss + cfg.lecam * self._lecam(d_real, d_fake)
+                loss = loss + cfg.lecam * self._lecam(d_real, d_fake, index)
             if kind == "wgan-gp":
                 loss = loss + cfg.gp_weight * gradient_penalty(self.D, x_in, fake_in, labels)
             if r1:
@@ -281,13 +280,16 @@ class Gan:
                                                   d_accuracy(d_real, d_fake, kind)]).tolist()
         return {"loss_d": loss_d, "d_real": d_x, "d_fake": d_gz, "d_acc": acc, "grad_norm_d": grad}
 
-    def _lecam(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    def _lecam(self, d_real: torch.Tensor, d_fake: torch.Tensor, index: int = 0) -> torch.Tensor:
         """LeCam's regulariser (Tseng et al. 2021, arXiv:2104.03310): real scores above the fakes'
         moving average and fake scores below the reals' are penalised quadratically. The averages
-        (decay 0.99, debiased as Adam's moments are) are part of the state, so resuming is exact."""
-        batch = torch.stack([d_real.detach().mean().cpu(), d_fake.detach().mean().cpu(), torch.ones(())])
+        (decay 0.99) are debiased as Adam's moments are, by 1 - 0.99^n after n D updates, counted
+        from steps x d_steps as lazy R1 counts them; they stay on D's device (no sync per step)
+        and are part of the state, so resuming is exact."""
+        n = self.steps * self.config.d_steps + index + 1
+        batch = torch.stack([d_real.detach().mean(), d_fake.detach().mean()])
         self.lecam_anchors = LECAM_DECAY * self.lecam_anchors + (1 - LECAM_DECAY) * batch
-        real_anchor, fake_anchor = (self.lecam_anchors[:2] / self.lecam_anchors[2]).to(d_real.device)
+        real_anchor, fake_anchor = self.lecam_anchors / (1 - LECAM_DECAY ** n)
         return F.relu(d_real - fake_anchor).square().mean() + F.relu(real_anchor - d_fake).square().mean()
 
     def _update_g(self, fake, labels, z) -> dict[str, float]:
@@ -433,7 +435,7 @@ class Gan:
         self.opt_D.load_state_dict(state["opt_D"])
         self.steps = int(state.get("steps", 0))  # runs saved before the decay existed have none
         if self.config.lecam > 0:
-            self.lecam_anchors = state["lecam_anchors"].clone().float()
+            self.lecam_anchors = state["lecam_anchors"].to(self.device, torch.float32, copy=True)
         if self.G_ema is not None:
             self.G_ema.load_state_dict(state["G_ema"])
             self.ema_statistics_fresh = True  # state_dict() refreshed them before saving
