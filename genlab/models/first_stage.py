@@ -55,6 +55,12 @@ class FirstStageSettings:
     commitment: float = 0.25  # vq: beta of the commitment loss
     adversarial: float = 0.0  # weight of the patch discriminator's loss for G (0: none)
     seed: int = 0
+    crop: int = 0  # train on random crops of this side (0: whole images); encodes whole images after
+
+    def record(self) -> dict:
+        """The settings as a cache entry holds them; `crop` only when set, so that the entries made
+        before it existed are still found."""
+        return {k: v for k, v in asdict(self).items() if k != "crop" or v}
 
 
 # ---------------------------------------------------------------- networks
@@ -114,9 +120,12 @@ class Decoder(nn.Module):
             c_in = c_out
         self.out = nn.Sequential(nn.GroupNorm(min(8, c_in), c_in), nn.SiLU(), nn.Conv2d(c_in, c, 3, padding=1))
 
-    def forward(self, z):
+    def forward(self, z, side: int | None = None):
+        """`side`: the images' side when it is not the one the decoder was built for (a crop)."""
+        n = len(self.sizes)
+        sizes = self.sizes if side is None else [side // 2 ** (n - 1 - i) for i in range(n)]
         h = self.stem(z)
-        for size, up in zip(self.sizes, self.ups):
+        for size, up in zip(sizes, self.ups):
             h = up(F.interpolate(h, size=(size, size), mode="nearest"))
         return self.out(h)
 
@@ -185,6 +194,9 @@ class FirstStage(nn.Module):
         if h != w or s.downsample not in (4, 8) or h < 2 * s.downsample:
             raise GenlabError(f"a first stage takes square images of at least {2 * s.downsample} px with "
                               f"--downsample 4 or 8, got {h}x{w} and {s.downsample}")
+        if s.crop and (s.crop % s.downsample or not 2 * s.downsample <= s.crop < h):
+            raise GenlabError(f"--first-stage-crop {s.crop} does not fit {h} px images: give a multiple of "
+                              f"--downsample ({s.downsample}) from {2 * s.downsample} to below {h}, or 0 for whole images")
         self.settings, self.image_shape = s, tuple(image_shape)
         self.latent_side = h
         for _ in range(levels(s.downsample)):  # each stride-2 convolution floors: 28 -> 14 -> 7 -> 3
@@ -260,7 +272,7 @@ class FirstStage(nn.Module):
             z_e = self.encoder(x)
             z_q, idx = self.quantise(z_e)
             commit = (z_e - z_q.detach()).square().mean()
-            rec = self.decoder(z_q)
+            rec = self.decoder(z_q, x.shape[-1])
             restarted = self.codebook.update(z_e.detach().permute(0, 2, 3, 1).reshape(-1, s.channels),
                                               idx.flatten(), generator)
             usage = torch.bincount(idx.flatten(), minlength=s.codebook_size).float()
@@ -271,7 +283,7 @@ class FirstStage(nn.Module):
         else:
             mean, logvar = self.moments(x)
             z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
-            rec = self.decoder(z)
+            rec = self.decoder(z, x.shape[-1])
             kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).mean()
             extra, logs = s.kl_weight * kl, {"kl": kl.item()}
         rec_loss = (rec - x).abs().mean() + (rec - x).square().mean()
@@ -295,6 +307,8 @@ def train_first_stage(data: ImageSet, settings: FirstStageSettings, log=print) -
         started, logs = time.monotonic(), {}
         for step in range(1, s.steps + 1):
             x = to_unit(data.images[torch.randint(0, len(data), (min(s.batch_size, len(data)),), generator=gen)])
+            if s.crop:
+                x = random_crops(x, s.crop, s.downsample, gen)
             rec, loss, logs = model.losses(x, gen)
             if disc is not None and step > s.steps // 3:  # the discriminator joins once shapes are right
                 loss = loss + s.adversarial * F.softplus(-disc(rec)).mean()
@@ -317,6 +331,17 @@ def train_first_stage(data: ImageSet, settings: FirstStageSettings, log=print) -
     return model, {"train_seconds": round(time.monotonic() - started, 1), "final": logs}
 
 
+def random_crops(x: torch.Tensor, side: int, grid: int, generator: torch.Generator) -> torch.Tensor:
+    """A `side` x `side` crop of each image of a batch, its corner on the `grid` (the downsample factor)
+    so that the encoder's strided convolutions see the crop in the phase they see whole images in."""
+    b, _, h, w = x.shape
+    top = torch.randint(0, (h - side) // grid + 1, (b,), generator=generator) * grid
+    left = torch.randint(0, (w - side) // grid + 1, (b,), generator=generator) * grid
+    rows = (top[:, None] + torch.arange(side))[:, None, :, None]  # [b, 1, side, 1]
+    cols = (left[:, None] + torch.arange(side))[:, None, None, :]  # [b, 1, 1, side]
+    return x[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
 def reconstruction_psnr(model: FirstStage, images: torch.Tensor) -> float:
     """Peak signal-to-noise ratio of uint8 reconstructions, in dB (over all pixels)."""
     rec = torch.cat([model.reconstruct(images[i:i + 500]) for i in range(0, len(images), 500)])
@@ -336,7 +361,7 @@ def get_first_stage(data: ImageSet, settings: FirstStageSettings, heldout: Image
 def _get_first_stage(data: ImageSet, settings: FirstStageSettings, heldout: ImageSet | None,
                      log) -> tuple[FirstStage, dict]:
     root = cache_dir() / "first_stage"
-    wanted = {"data_checksum": data.checksum, "image_shape": list(data.shape), "settings": asdict(settings)}
+    wanted = {"data_checksum": data.checksum, "image_shape": list(data.shape), "settings": settings.record()}
     for spec_path in sorted(root.glob(f"*/{SPEC}")) if root.is_dir() else []:
         try:
             spec = json.loads(spec_path.read_text())
@@ -415,12 +440,15 @@ class FirstStageOptions:
     kl_weight: float = option(1e-3, "weight of the latents' KL term (kl)")
     adversarial: float = option(0.0, "weight of a patch discriminator's loss in the autoencoder (sharper "
                                 "reconstructions; 0: none)")
+    first_stage_crop: int = option(0, "train the autoencoder on random crops of this side (0: whole images): "
+                                   "being convolutional it then encodes whole images; 32 of 64 px makes its "
+                                   "steps ~4x cheaper")
 
     def first_stage_settings(self) -> FirstStageSettings:
         return FirstStageSettings(kind=self.first_stage, downsample=self.downsample, channels=self.latent_channels,
                                   codebook_size=self.codebook_size, width=self.first_stage_width,
                                   steps=self.first_stage_steps, lr=self.first_stage_lr, kl_weight=self.kl_weight,
-                                  adversarial=self.adversarial)
+                                  adversarial=self.adversarial, crop=self.first_stage_crop)
 
     def validate_first_stage(self) -> None:
         if self.first_stage_width < 16 or self.first_stage_width % 16:
@@ -428,8 +456,8 @@ class FirstStageOptions:
         for name in ("latent_channels", "first_stage_steps", "codebook_size"):
             if getattr(self, name) <= 0:
                 raise GenlabError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.first_stage_lr <= 0 or self.kl_weight < 0 or self.adversarial < 0:
-            raise GenlabError("first_stage_lr must be positive, kl_weight and adversarial 0 or more")
+        if self.first_stage_lr <= 0 or self.kl_weight < 0 or self.adversarial < 0 or self.first_stage_crop < 0:
+            raise GenlabError("first_stage_lr must be positive, kl_weight, adversarial and first_stage_crop 0 or more")
 
 
 class FirstStageSlot:

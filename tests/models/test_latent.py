@@ -11,8 +11,8 @@ from genlab.core.runtime import seed_everything
 from genlab.data import load_dataset
 from genlab.errors import GenlabError
 from genlab.models import build_model
-from genlab.models.first_stage import (FirstStage, FirstStageSettings, get_first_stage, reconstruction_psnr,
-                                       train_first_stage)
+from genlab.models.first_stage import (FirstStage, FirstStageSettings, get_first_stage, random_crops,
+                                       reconstruction_psnr, train_first_stage)
 from tests.training.test_resume import assert_same_bits
 
 QUICK = dict(width=16, steps=60, batch_size=32)
@@ -35,6 +35,39 @@ def test_reconstructions_improve_over_a_few_hundred_steps(digits, test_digits):
     early, _ = train_first_stage(digits, FirstStageSettings(kind="kl", **{**QUICK, "steps": 20}), log=lambda *_: None)
     later, _ = train_first_stage(digits, FirstStageSettings(kind="kl", **{**QUICK, "steps": 300}), log=lambda *_: None)
     assert reconstruction_psnr(later, test_digits.images) > reconstruction_psnr(early, test_digits.images) + 2
+
+
+def test_random_crops_are_slices_of_their_images_with_corners_on_the_grid():
+    x = torch.arange(5 * 3 * 16 * 16, dtype=torch.float32).view(5, 3, 16, 16)
+    crops = random_crops(x, 8, 4, torch.Generator().manual_seed(0))
+    assert crops.shape == (5, 3, 8, 8)
+    corners = set()
+    for image, crop in zip(x, crops):
+        top, left = divmod(int(crop[0, 0, 0]) % 256, 16)  # the crop's first value gives its corner
+        assert top % 4 == 0 and left % 4 == 0 and torch.equal(crop, image[:, top:top + 8, left:left + 8])
+        corners.add((top, left))
+    assert len(corners) > 1  # not one fixed window
+
+
+def test_a_first_stage_trained_on_crops_reconstructs_whole_images(digits, test_digits):
+    early, _ = train_first_stage(digits, FirstStageSettings(kind="kl", crop=16, **{**QUICK, "steps": 20}),
+                                 log=lambda *_: None)
+    later, _ = train_first_stage(digits, FirstStageSettings(kind="kl", crop=16, **{**QUICK, "steps": 300}),
+                                 log=lambda *_: None)
+    assert later.reconstruct(test_digits.images[:4]).shape == (4, 1, 28, 28)
+    assert later.encode(test_digits.images[:4]).shape == (4, 4, 7, 7)  # the whole image's grid
+    assert reconstruction_psnr(later, test_digits.images) > reconstruction_psnr(early, test_digits.images) + 2
+    for crop, why in ((18, "multiple of --downsample \\(4\\)"), (28, "from 8 to below 28"), (4, "from 8")):
+        with pytest.raises(GenlabError, match=f"--first-stage-crop {crop} does not fit 28 px images.*{why}"):
+            FirstStage(FirstStageSettings(crop=crop), (1, 28, 28))
+
+
+def test_a_crop_that_does_not_fit_is_one_line_on_the_command_line(tmp_path, capsys):
+    from tests.test_cli import one_line
+
+    err = one_line(capsys, "train", "--model", "latent-diffusion", "--first-stage-crop", "30", "--limit", "64",
+                   "--steps", "1", "--out", tmp_path / "r")
+    assert "--first-stage-crop 30 does not fit 28 px images" in err and not (tmp_path / "r" / "run.json").exists()
 
 
 def test_the_kl_scale_factor_gives_unit_variance(digits):
@@ -65,6 +98,9 @@ def test_the_first_stage_is_cached_and_reused_not_retrained(digits, monkeypatch)
     again, spec_again = get_first_stage(digits, settings, log=lambda *_: None)
     assert spec_again["name"] == spec["name"] and spec["name"].startswith("mnist-sample-kl-")
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert "crop" not in spec["settings"]  # entries cached before crops existed are found as before
+    with pytest.raises(pytest.fail.Exception, match="retrained"):  # crops make another first stage
+        get_first_stage(digits, FirstStageSettings(kind="kl", crop=16, **QUICK), log=lambda *_: None)
 
 
 def test_training_a_first_stage_leaves_the_global_random_stream_as_it_was(digits):
