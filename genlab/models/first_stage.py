@@ -12,7 +12,8 @@ Two kinds (Rombach et al. 2022, https://arxiv.org/abs/2112.10752, Sec. 3 and G):
 
 Reconstruction loss L1 + L2, plus optionally a small patch discriminator for sharpness (Esser et al.
 2021, VQGAN; genlab's GAN losses and spectral normalisation). 28 or 32 px -> 7x7 or 8x8 latents
-(downsample 4), 64 px -> 16x16 (4) or 8x8 (8), 28 px with 8 -> 3x3.
+(downsample 4), 64 px -> 16x16 (4) or 8x8 (8), 28 px with 8 -> 3x3. It may be trained on random
+crops (`crop`), as Stable Diffusion's is: being convolutional it encodes and decodes whole images after.
 """
 
 from __future__ import annotations
