@@ -80,6 +80,11 @@ def levels(downsample: int) -> int:
     return int(math.log2(downsample))
 
 
+def upsampling_sizes(side: int, n: int) -> list[int]:
+    """The sides a decoder's `n` upsampling steps reach, the last `side` itself (7 -> 14 -> 28)."""
+    return [side // 2 ** (n - 1 - i) for i in range(n)]
+
+
 class Encoder(nn.Module):
     """x [B, C, H, W] in [-1, 1] -> [B, out, h, w]: a 3x3 stem, then stride-2 convolutions, each
     followed by a residual block at its lower resolution (none at full resolution: on a CPU the
@@ -109,7 +114,7 @@ class Decoder(nn.Module):
     def __init__(self, c: int, width: int, latent: int, downsample: int, side: int):
         super().__init__()
         n = levels(downsample)
-        self.sizes = [side // 2 ** (n - 1 - i) for i in range(n)]  # 7 -> 14 -> 28
+        self.sizes = upsampling_sizes(side, n)  # 7 -> 14 -> 28
         top = width * (2 if n > 1 else 1)
         self.stem = nn.Sequential(nn.Conv2d(latent, top, 3, padding=1), ResBlock(top))
         self.ups = nn.ModuleList()
@@ -123,8 +128,7 @@ class Decoder(nn.Module):
 
     def forward(self, z, side: int | None = None):
         """`side`: the images' side when it is not the one the decoder was built for (a crop)."""
-        n = len(self.sizes)
-        sizes = self.sizes if side is None else [side // 2 ** (n - 1 - i) for i in range(n)]
+        sizes = self.sizes if side is None else upsampling_sizes(side, len(self.sizes))
         h = self.stem(z)
         for size, up in zip(sizes, self.ups):
             h = up(F.interpolate(h, size=(size, size), mode="nearest"))
