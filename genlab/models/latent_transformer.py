@@ -20,7 +20,7 @@ from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
 from genlab.models.common import check_image_size, to_uint8
 from genlab.models.first_stage import FirstStageOptions, FirstStageSlot, LatentPrior
-from genlab.models.transformer import Transformer, check_sampling
+from genlab.models.transformer import GUIDANCE, LABEL_DROPOUT, Transformer, check_guidance, check_sampling
 
 
 @dataclass
@@ -37,6 +37,8 @@ class LatentTransformerConfig(FirstStageOptions):
     lr: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay of the weight matrices")
     conditional: bool = option(False, "class-conditional: the start token is a class token")
+    label_dropout: float = option(0.0, LABEL_DROPOUT)
+    guidance: float = option(1.0, GUIDANCE, resumable=True)
     temperature: float = option(1.0, "sampling temperature (logits / T)", resumable=True)
     top_k: int = option(0, "sample only among the k most likely codes (0: all)", resumable=True)
 
@@ -49,6 +51,7 @@ class LatentTransformerConfig(FirstStageOptions):
             raise GenlabError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
         if not 0 <= self.dropout < 1 or self.lr <= 0:
             raise GenlabError("dropout must lie in [0, 1) and lr be positive")
+        check_guidance(self)
         check_sampling(self.temperature, self.top_k, self.codebook_size)
 
 

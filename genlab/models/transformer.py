@@ -35,6 +35,11 @@ from genlab.errors import GenlabError
 from genlab.models import common
 
 LEVELS = (2, 4, 8, 16, 256)
+# Classifier-free guidance (Ho & Salimans 2022) on next-token logits, as autoregressive image models
+# use it (Yu et al. 2022, Parti; Sun et al. 2024, LlamaGen): training replaces a share of the class
+# tokens by a "no class" token, and sampling runs both and draws from l_u + s (l_c - l_u).
+LABEL_DROPOUT = "share of training class tokens replaced by a 'no class' token (conditional; > 0 allows --guidance)"
+GUIDANCE = "classifier-free guidance on the logits, l_u + s (l_c - l_u): 1 = the conditional model, 0 = no class"
 SAMPLE_CHUNK = 256  # images decoded together: bounds the key/value cache's memory
 
 
@@ -53,6 +58,8 @@ class TransformerConfig:
     lr: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay of the weight matrices")
     conditional: bool = option(False, "class-conditional: the start token is a class token")
+    label_dropout: float = option(0.0, LABEL_DROPOUT)
+    guidance: float = option(1.0, GUIDANCE, resumable=True)
     temperature: float = option(1.0, "sampling temperature (logits / T)", resumable=True)
     top_k: int = option(0, "sample only among the k most likely levels (0: all)", resumable=True)
 
@@ -68,6 +75,7 @@ class TransformerConfig:
             raise GenlabError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.lr <= 0:
             raise GenlabError(f"lr must be positive, got {self.lr}")
+        check_guidance(self)
         check_sampling(self.temperature, self.top_k, self.levels)
 
 
@@ -76,6 +84,25 @@ def check_sampling(temperature: float, top_k: int, levels: int) -> None:
         raise GenlabError(f"temperature must be positive, got {temperature}")
     if not 0 <= top_k <= levels:
         raise GenlabError(f"top_k must lie in 0..{levels} (0: no cut), got {top_k}")
+
+
+def check_guidance(config) -> None:
+    """A recipe's label dropout and guidance scale (the pixel and latent Transformers share them)."""
+    if not 0 <= config.label_dropout < 1:
+        raise GenlabError(f"label_dropout must lie in [0, 1), got {config.label_dropout}")
+    if config.label_dropout and not config.conditional:
+        raise GenlabError("--label-dropout trains a class-conditional model to also draw without a class: "
+                          "give --conditional with it, or leave it out")
+    if config.guidance != 1:
+        check_guided(config.guidance, bool(config.conditional and config.label_dropout))
+
+
+def check_guided(guidance: float, unconditional_known: bool) -> None:
+    if guidance < 0:
+        raise GenlabError(f"guidance must be >= 0 (1: the conditional model as trained), got {guidance}")
+    if guidance != 1 and not unconditional_known:
+        raise GenlabError(f"guidance {guidance} needs a model that also learnt to draw without a class: train it "
+                          "with --conditional --label-dropout 0.1 (or sample with guidance 1)")
 
 
 # ---------------------------------------------------------------- network
@@ -195,6 +222,7 @@ def draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int) 
 class TransformerSampling:
     temperature: float = option(1.0, "divide the logits by T; below 1: sharper, less varied")
     top_k: int = option(0, "draw each pixel among its k most likely levels (0: all)")
+    guidance: float = option(1.0, "classifier-free guidance scale (a model trained with --label-dropout)")
 
 
 class Transformer:
@@ -214,7 +242,10 @@ class Transformer:
         self.image_shape = tuple(image_shape)
         self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
         self.length, self.vocab = self.sequence()
-        self.net = PixelTransformer(self.length, self.vocab, self.conditional_classes or 1, config).to(self.device)
+        # a model trained with label dropout has one start token more: "no class", after the classes
+        self.guidable = bool(self.conditional_classes and config.label_dropout)
+        starts = (self.conditional_classes or 1) + self.guidable
+        self.net = PixelTransformer(self.length, self.vocab, starts, config).to(self.device)
         decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and not n.startswith(("embed", "pos"))]
         no_decay = [p for n, p in self.net.named_parameters() if not any(p is q for q in decay)]
         self.opt = LazyOptimizer(torch.optim.AdamW, [{"params": decay, "weight_decay": config.weight_decay},
@@ -256,6 +287,11 @@ class Transformer:
             return torch.full((n,), base, dtype=torch.int64, device=self.device)
         return base + common.check_labels(labels, n, self.conditional_classes, self.device)
 
+    @property
+    def null_start(self) -> int:
+        """The "no class" start token of a model trained with label dropout."""
+        return self.vocab + self.conditional_classes
+
     def _inputs(self, targets: torch.Tensor, labels) -> torch.Tensor:
         return torch.cat([self._starts(labels, len(targets))[:, None], targets[:, :-1]], 1)
 
@@ -266,8 +302,12 @@ class Transformer:
         rt = self.rt
         targets = self.tokens(images.to(self.device))
         y = labels if self.conditional_classes else None
+        inputs = self._inputs(targets, y)
+        if self.guidable:  # label dropout teaches the same net the unconditional distribution
+            drop = torch.rand(len(inputs), device=self.device) < self.config.label_dropout
+            inputs[drop, 0] = self.null_start
         with rt.autocast():
-            logits = self.net(self._inputs(targets, y))
+            logits = self.net(inputs)
             loss = F.cross_entropy(logits.float().reshape(-1, self.vocab), targets.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         rt.backward(loss)
@@ -298,35 +338,49 @@ class Transformer:
 
     @torch.no_grad()
     def generate(self, n: int, labels=None, generator: torch.Generator | None = None, temperature: float | None = None,
-                 top_k: int | None = None, cache: bool = True, record: bool = False):
+                 top_k: int | None = None, cache: bool = True, record: bool = False, guidance: float | None = None):
         """Tokens [n, T] (and, with `record`, each step's logits [n, T, levels]). One uniform per
         pixel is drawn up front from `generator` on the CPU, so a seed gives the same images with
-        or without the cache and on any device."""
+        or without the cache and on any device. With guidance s != 1 every sequence is also run
+        from the "no class" token (twice the work) and drawn from l_u + s (l_c - l_u)."""
         t_ = self.config.temperature if temperature is None else temperature
         k_ = self.config.top_k if top_k is None else top_k
+        s_ = self.config.guidance if guidance is None else guidance
         check_sampling(t_, k_, self.vocab)
+        if self.conditional_classes:
+            check_guided(s_, self.guidable)
+        guided = bool(self.conditional_classes) and s_ != 1
         u = torch.rand(n, self.length, generator=generator).to(self.device)
         starts = self._starts(labels, n)
-        tokens = torch.zeros(n, self.length, dtype=torch.int64, device=self.device)
+        if guided:
+            starts = torch.cat([starts, torch.full_like(starts, self.null_start)])
+        tokens = torch.zeros(len(starts), self.length, dtype=torch.int64, device=self.device)
         trace = []
         was = self.net.training
         self.net.eval()
         try:
-            kv = self.net.new_cache(n, self.device) if cache else None
+            kv = self.net.new_cache(len(starts), self.device) if cache else None
             for t in range(self.length):
                 if cache:
                     logits = self.net.step(starts if t == 0 else tokens[:, t - 1], kv, t)
                 else:
                     logits = self.net(torch.cat([starts[:, None], tokens[:, :t]], 1))[:, -1]
-                tokens[:, t] = draw(logits, u[:, t], t_, k_)
+                if guided:
+                    cond, uncond = logits.float().chunk(2)
+                    logits = uncond + s_ * (cond - uncond)
+                    tokens[:, t] = draw(logits, u[:, t], t_, k_).repeat(2)
+                else:
+                    tokens[:, t] = draw(logits, u[:, t], t_, k_)
                 if record:
                     trace.append(logits.float().cpu())
         finally:
             self.net.train(was)
+        tokens = tokens[:n]
         return (tokens, torch.stack(trace, 1)) if record else tokens
 
     def sampling_defaults(self) -> TransformerSampling:
-        return TransformerSampling(temperature=self.config.temperature, top_k=self.config.top_k)
+        return TransformerSampling(temperature=self.config.temperature, top_k=self.config.top_k,
+                                   guidance=self.config.guidance)
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, generator: torch.Generator | None = None, cache: bool = True,
@@ -341,7 +395,8 @@ class Transformer:
         for start in range(0, n, self.sample_chunk):
             m = min(self.sample_chunk, n - start)
             part_labels = labels[start:start + m] if labels is not None else None
-            parts.append(self.generate(m, part_labels, generator, opts.temperature, opts.top_k, cache).cpu())
+            parts.append(self.generate(m, part_labels, generator, opts.temperature, opts.top_k, cache,
+                                       guidance=opts.guidance).cpu())
         return self.images(torch.cat(parts))
 
     # ---------------------------------------------------------------- state

@@ -134,3 +134,68 @@ def test_temperature_top_k_and_bad_sampling_options():
         apply_overrides(default_config("transformer"), {"model.heads": 3}).validate()
     with pytest.raises(GenlabError, match="labels"):
         make(conditional=True).log_likelihood(torch.zeros(1, *SHAPE, dtype=torch.uint8))
+
+
+def guided_model(steps=200):
+    model = make(conditional=True, label_dropout=0.3, lr=3e-3)
+    images, labels = patterns(64)
+    for _ in range(steps):
+        model.train_step(images, labels)
+    return model
+
+
+def test_guided_logits_are_the_unconditional_ones_pushed_toward_the_class():
+    model = guided_model(steps=5)
+    labels = torch.tensor([0, 1, 1])
+    a, logits_a = model.generate(3, labels, torch.Generator().manual_seed(4), record=True, guidance=2.5)
+    b, logits_b = model.generate(3, labels, torch.Generator().manual_seed(4), cache=False, record=True, guidance=2.5)
+    assert torch.equal(a, b) and torch.allclose(logits_a, logits_b, atol=1e-5)
+    # teacher-forced over the finished sequences, once from the class tokens and once from "no class"
+    cond = model.net(model._inputs(a, labels))
+    null = model._inputs(a, labels)
+    null[:, 0] = model.null_start
+    uncond = model.net(null)
+    assert torch.allclose(logits_a, uncond + 2.5 * (cond - uncond), atol=1e-4)
+    # guidance 0 is the unconditional model: the labels no longer matter
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    assert torch.equal(model.sample(4, labels=torch.tensor([0, 0, 1, 1]), generator=gen(), guidance=0.0),
+                       model.sample(4, labels=torch.tensor([1, 1, 0, 0]), generator=gen(), guidance=0.0))
+    assert not torch.equal(model.sample(4, labels=torch.tensor([0, 0, 1, 1]), generator=gen(), guidance=2.0),
+                           model.sample(4, labels=torch.tensor([1, 1, 0, 0]), generator=gen(), guidance=2.0))
+
+
+def test_label_dropout_teaches_the_mixture_and_guidance_follows_the_label():
+    model = guided_model()
+    images, labels = patterns(64)
+    targets = model.tokens(images)
+    with_class = model._inputs(targets, labels)
+    without = with_class.clone()
+    without[:, 0] = model.null_start
+    with torch.no_grad():
+        ce = [F.cross_entropy(model.net(x).reshape(-1, 16), targets.reshape(-1)).item() for x in (with_class, without)]
+    assert ce[1] < 1.15 * ce[0]  # the "no class" token was trained too (left untrained: over 2x)
+
+    def top_bright(s):
+        return (s[:, :, :4].mean((1, 2, 3)) > s[:, :, 4:].mean((1, 2, 3))).float().mean().item()
+
+    free = model.sample(60, labels=torch.zeros(60, dtype=torch.int64), generator=torch.Generator().manual_seed(0),
+                        guidance=0.0).float()
+    assert 0.2 <= top_bright(free) <= 0.8  # without its class the model draws both kinds
+    for cls in (0, 1):
+        s = model.sample(30, labels=torch.full((30,), cls), generator=torch.Generator().manual_seed(cls),
+                         guidance=3.0).float()
+        assert abs(top_bright(s) - (1 - cls)) <= 0.1
+
+
+def test_guidance_needs_a_model_trained_without_labels_sometimes():
+    with pytest.raises(GenlabError, match="label-dropout"):
+        make(conditional=True).sample(2, guidance=2.0)
+    for overrides, text in [({"model.label_dropout": 0.1}, "--conditional"),
+                            ({"model.conditional": True, "model.guidance": 3.0}, "label-dropout"),
+                            ({"model.conditional": True, "model.label_dropout": 1.0}, r"\[0, 1\)"),
+                            ({"model.conditional": True, "model.label_dropout": 0.1, "model.guidance": -1.0}, ">= 0")]:
+        with pytest.raises(GenlabError, match=text):
+            apply_overrides(default_config("transformer"), overrides).validate()
+    model = make(conditional=True, label_dropout=0.1)
+    assert model.net.embed.num_embeddings == 16 + 10 + 1  # levels, the class tokens, "no class"
+    assert make(conditional=True).net.embed.num_embeddings == 16 + 10  # as before: old checkpoints load
