@@ -15,12 +15,14 @@ from genlab.core.checkpoint import load_state
 TINY = ["--limit", "128", "--batch-size", "16", "--no-progress", "--device", "cpu", "--grid-size", "8"]
 SMALL = {  # options that make each family tiny
     "gan-mlp": [], "dcgan": ["--width", "8"], "vae": ["--width", "8"], "vae-mlp": ["--width", "8"],
-    "transformer": ["--d-model", "16", "--layers", "1", "--heads", "2"],
+    # the Transformers conditional with label dropout, so that their guided sampling runs here too
+    "transformer": ["--d-model", "16", "--layers", "1", "--heads", "2", "--conditional", "--label-dropout", "0.1"],
     "diffusion": ["--width", "8", "--timesteps", "20", "--sample-steps", "3"],
     "latent-diffusion": ["--width", "8", "--timesteps", "20", "--sample-steps", "3", "--first-stage-width", "16",
                          "--first-stage-steps", "30"],
     "latent-transformer": ["--d-model", "16", "--layers", "1", "--heads", "2", "--codebook-size", "32",
-                           "--first-stage-width", "16", "--first-stage-steps", "30"],
+                           "--first-stage-width", "16", "--first-stage-steps", "30", "--conditional",
+                           "--label-dropout", "0.1"],
 }
 VIEWS = {  # the views each family's run must leave in samples/
     "gan-mlp": {"interpolation"}, "dcgan": {"interpolation"},
@@ -34,12 +36,12 @@ VIEWS = {  # the views each family's run must leave in samples/
 
 OPTIONS = {  # a valid value of every sampling option each family has
     "gan-mlp": {}, "dcgan": {}, "vae": {"temperature": "0.5"}, "vae-mlp": {"temperature": "0.5"},
-    "transformer": {"temperature": "0.9", "top_k": "3"},
+    "transformer": {"temperature": "0.9", "top_k": "3", "guidance": "2"},
     "diffusion": {"sampler": "ddim", "steps": "2", "eta": "0.5", "guidance": "2", "guidance_low": "0.1",
                   "guidance_high": "0.9"},
     "latent-diffusion": {"sampler": "ddim", "steps": "2", "eta": "0.5", "guidance": "2", "guidance_low": "0.1",
                          "guidance_high": "0.9"},
-    "latent-transformer": {"temperature": "0.9", "top_k": "3"},
+    "latent-transformer": {"temperature": "0.9", "top_k": "3", "guidance": "2"},
 }
 
 

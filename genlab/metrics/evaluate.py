@@ -38,7 +38,8 @@ BETTER = {"fid": "lower", "fid_equal_n": "lower", "kid": "lower", "is": "higher"
           "class_tv": "lower",
           "fid_heldout": "lower", "precision_heldout": "higher", "recall_heldout": "higher",
           "data_copying": "near 0 (below: copying)", "ppl": "lower", "nll_nats": "lower", "bits_per_dim": "lower",
-          "neg_elbo_nats": "lower", "fid_reconstruction": "lower", "psnr_reconstruction": "higher"}
+          "neg_elbo_nats": "lower", "fid_reconstruction": "lower", "psnr_reconstruction": "higher",
+          "class_tv_reconstruction": "lower"}
 COPYING_P = 0.01  # below: the samples sit closer to the training images than unseen real images do
 TRAINING_METRICS = ("fid", "kid", "is", "precision", "recall", "density", "coverage", "classes_found", "class_tv",
                     "fid_heldout", "recall_heldout")
@@ -128,6 +129,7 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
             values.update(reconstruction(model, test, extractor, ref, len(x)))
     if "fid_reconstruction" in values:  # the reconstructed images are the floor's own held-out images
         floors["fid_reconstruction"] = floors.get("fid")
+        floors["class_tv_reconstruction"] = floors.get("class_tv")
     metrics = {name: {"value": values.get(name), "floor": floors.get(name), "better": better}
                for name, better in BETTER.items() if values.get(name) is not None}
     for name in ("kid", "is"):
@@ -148,13 +150,18 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
 
 def reconstruction(model: Encoder, heldout, extractor: Extractor, ref, n: int) -> dict:
     """FID of the model's reconstructions of the held-out images its real floor scores (the same
-    images, so the floor is their own FID before the round trip), and their PSNR in dB."""
+    images, so the floor is their own FID before the round trip), their PSNR in dB and, with a
+    classifier, the class TV of the reconstructions: a bound on a prior's class TV over these latents
+    (a first stage that turns coats into pullovers gives any prior's coats that look)."""
     idx = floor_indices(ref, n)
     images, labels = heldout.images[idx], heldout.labels[idx]
     rec = torch.cat([model.reconstruct(images[i:i + 500], labels[i:i + 500]) for i in range(0, len(images), 500)])
-    feats, _ = extractor(prepare_samples(rec, extractor.image_shape, False))
-    return {"fid_reconstruction": scores.frechet_distance(ref.mu, ref.sigma, *scores.gaussian_stats(feats)),
-            "psnr_reconstruction": psnr(rec, images)}
+    feats, logits = extractor(prepare_samples(rec, extractor.image_shape, False))
+    out = {"fid_reconstruction": scores.frechet_distance(ref.mu, ref.sigma, *scores.gaussian_stats(feats)),
+           "psnr_reconstruction": psnr(rec, images)}
+    if logits is not None and ref.label_histogram is not None:
+        out["class_tv_reconstruction"] = scores.class_coverage(logits.argmax(1), ref.label_histogram)["class_tv"]
+    return out
 
 
 def training_scorer(data_cfg: DataConfig, n: int, seed: int, features=None, log=print,

@@ -39,6 +39,7 @@ LEVELS = (2, 4, 8, 16, 256)
 # use it (Yu et al. 2022, Parti; Sun et al. 2024, LlamaGen): training replaces a share of the class
 # tokens by a "no class" token, and sampling runs both and draws from l_u + s (l_c - l_u).
 LABEL_DROPOUT = "share of training class tokens replaced by a 'no class' token (conditional; > 0 allows --guidance)"
+TRAIN_GUIDABLE = "a model that also learnt to draw without a class: train it with --conditional --label-dropout 0.1"
 GUIDANCE = "classifier-free guidance on the logits, l_u + s (l_c - l_u): 1 = the conditional model, 0 = no class"
 SAMPLE_CHUNK = 256  # images decoded together: bounds the key/value cache's memory
 
@@ -101,8 +102,7 @@ def check_guided(guidance: float, unconditional_known: bool) -> None:
     if guidance < 0:
         raise GenlabError(f"guidance must be >= 0 (1: the conditional model as trained), got {guidance}")
     if guidance != 1 and not unconditional_known:
-        raise GenlabError(f"guidance {guidance} needs a model that also learnt to draw without a class: train it "
-                          "with --conditional --label-dropout 0.1 (or sample with guidance 1)")
+        raise GenlabError(f"guidance {guidance} needs {TRAIN_GUIDABLE} (or sample with guidance 1)")
 
 
 # ---------------------------------------------------------------- network
@@ -222,13 +222,19 @@ def draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int) 
 class TransformerSampling:
     temperature: float = option(1.0, "divide the logits by T; below 1: sharper, less varied")
     top_k: int = option(0, "draw each pixel among its k most likely levels (0: all)")
-    guidance: float = option(1.0, "classifier-free guidance scale (a model trained with --label-dropout)")
+
+
+@dataclass
+class GuidedSampling(TransformerSampling):
+    """The options of a model trained with label dropout: guidance too (the others are not offered it)."""
+
+    guidance: float = option(1.0, "classifier-free guidance scale: 1 the conditional model, 0 no class")
 
 
 class Transformer:
     """A pixel Transformer as a genlab family: the network and one AdamW optimiser."""
 
-    SamplingOptions = TransformerSampling
+    SamplingOptions = GuidedSampling
     sample_chunk = SAMPLE_CHUNK
 
     def sequence(self) -> tuple[int, int]:
@@ -379,8 +385,10 @@ class Transformer:
         return (tokens, torch.stack(trace, 1)) if record else tokens
 
     def sampling_defaults(self) -> TransformerSampling:
-        return TransformerSampling(temperature=self.config.temperature, top_k=self.config.top_k,
-                                   guidance=self.config.guidance)
+        if not self.guidable:
+            return TransformerSampling(temperature=self.config.temperature, top_k=self.config.top_k)
+        return GuidedSampling(temperature=self.config.temperature, top_k=self.config.top_k,
+                              guidance=self.config.guidance)
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, generator: torch.Generator | None = None, cache: bool = True,
@@ -388,6 +396,8 @@ class Transformer:
         """n images uint8 [n, C, H, W] on the CPU, decoded SAMPLE_CHUNK at a time (the cache of a
         chunk of 256 28x28 images is 0.4 GB with the default width). `cache=False` recomputes the
         prefix at every position: the reference the cached path is tested against."""
+        if "guidance" in options and not self.guidable:
+            raise GenlabError(f"this model takes no guidance: {TRAIN_GUIDABLE}")
         opts = common.sampling_options(self.sampling_defaults(), options)
         k = self.conditional_classes
         labels = None if not k else (common.balanced_labels(n, k) if labels is None else torch.as_tensor(labels))
@@ -396,7 +406,7 @@ class Transformer:
             m = min(self.sample_chunk, n - start)
             part_labels = labels[start:start + m] if labels is not None else None
             parts.append(self.generate(m, part_labels, generator, opts.temperature, opts.top_k, cache,
-                                       guidance=opts.guidance).cpu())
+                                       guidance=getattr(opts, "guidance", 1.0)).cpu())
         return self.images(torch.cat(parts))
 
     # ---------------------------------------------------------------- state

@@ -127,9 +127,12 @@ def test_reconstructions_are_scored_beside_their_own_floor(small_extractor, test
     assert exact["fid_reconstruction"]["value"] == pytest.approx(exact["fid_reconstruction"]["floor"], rel=1e-4)
     assert exact["fid_reconstruction"]["floor"] == exact["fid"]["floor"]
     assert exact["psnr_reconstruction"]["value"] > 140  # mse 0 (counted as 1e-10)
+    assert exact["class_tv_reconstruction"]["value"] == pytest.approx(exact["class_tv"]["floor"])
+    assert exact["class_tv_reconstruction"]["floor"] == exact["class_tv"]["floor"]
     blank = ev(test_digits.images[:200], small_extractor, model=IdentityAutoencoder(blank=True), ppl_samples=20)
     assert blank["metrics"]["fid_reconstruction"]["value"] > 10 * exact["fid_reconstruction"]["value"]
     assert blank["metrics"]["psnr_reconstruction"]["value"] < 20
+    assert blank["metrics"]["class_tv_reconstruction"]["value"] > 0.7  # blank images: one class for all
     plain = ev(test_digits.images[:200], small_extractor, model=LikelihoodModel(), ppl_samples=20)["metrics"]
     assert "fid_reconstruction" not in plain  # not an Encoder
 

@@ -188,8 +188,11 @@ def test_label_dropout_teaches_the_mixture_and_guidance_follows_the_label():
 
 
 def test_guidance_needs_a_model_trained_without_labels_sometimes():
-    with pytest.raises(GenlabError, match="label-dropout"):
-        make(conditional=True).sample(2, guidance=2.0)
+    for plain in (make(conditional=True), make()):  # not offered guidance, and told how to train one that is
+        assert not hasattr(plain.sampling_defaults(), "guidance")
+        with pytest.raises(GenlabError, match="takes no guidance.*--label-dropout"):
+            plain.sample(2, guidance="2")
+    assert make(conditional=True, label_dropout=0.1).sampling_defaults().guidance == 1.0
     for overrides, text in [({"model.label_dropout": 0.1}, "--conditional"),
                             ({"model.conditional": True, "model.guidance": 3.0}, "label-dropout"),
                             ({"model.conditional": True, "model.label_dropout": 1.0}, r"\[0, 1\)"),
