@@ -22,6 +22,7 @@ step and is the reference the cached path is tested against.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -353,9 +354,8 @@ class Transformer:
         k_ = self.config.top_k if top_k is None else top_k
         s_ = self.config.guidance if guidance is None else guidance
         check_sampling(t_, k_, self.vocab)
-        if self.conditional_classes:
-            check_guided(s_, self.guidable)
-        guided = bool(self.conditional_classes) and s_ != 1
+        check_guided(s_, self.guidable)
+        guided = s_ != 1  # only a model trained with label dropout gets past the check with it
         u = torch.rand(n, self.length, generator=generator).to(self.device)
         starts = self._starts(labels, n)
         if guided:
@@ -405,8 +405,8 @@ class Transformer:
         for start in range(0, n, self.sample_chunk):
             m = min(self.sample_chunk, n - start)
             part_labels = labels[start:start + m] if labels is not None else None
-            parts.append(self.generate(m, part_labels, generator, opts.temperature, opts.top_k, cache,
-                                       guidance=getattr(opts, "guidance", 1.0)).cpu())
+            # the options' fields are generate's keywords (guidance only where the model takes it)
+            parts.append(self.generate(m, part_labels, generator, cache=cache, **dataclasses.asdict(opts)).cpu())
         return self.images(torch.cat(parts))
 
     # ---------------------------------------------------------------- state
