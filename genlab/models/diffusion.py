@@ -47,6 +47,8 @@ class DiffusionConfig:
     schedule: str = option("linear", "noise schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)",
                            choices=SCHEDULES)
     prediction: str = option("eps", "what the U-Net predicts: the noise eps or v", choices=("eps", "v"))
+    min_snr: float = option(0.0, "Min-SNR-gamma loss weights (Hang et al. 2023): the low-noise steps' loss "
+                                 "capped at signal-to-noise ratio gamma, e.g. 5; 0: every step weighs the same")
     lr: float = option(5e-4, "Adam learning rate")
     ema: float = option(0.999, "decay of the weights' moving average used for sampling (warmed up)")
     dropout: float = option(0.0, "dropout in the residual blocks")
@@ -75,6 +77,8 @@ class DiffusionConfig:
             raise GenlabError(f"ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
         if not 0 <= self.label_dropout < 1:
             raise GenlabError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        if self.min_snr < 0:
+            raise GenlabError(f"min_snr is a signal-to-noise ratio gamma, e.g. 5 (0: off); got {self.min_snr}")
         check_sampling(self.sample_steps, self.eta, self.guidance, self.timesteps, self.guidance_low,
                        self.guidance_high)
 
@@ -117,6 +121,15 @@ class Schedule:
         """x_t ~ q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
         ab = self._at(self.abar, t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def loss_weights(self, t: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
+        """Min-SNR-gamma weights [B] (Hang et al. 2023, arXiv:2303.09556): the loss of step t weighs
+        min(SNR_t, gamma) / SNR_t for eps (min(SNR_t, gamma) / (SNR_t + 1) for v), SNR_t = abar / (1 - abar):
+        the nearly clean steps, easy and many, no longer pull the shared weights away from the noisy ones."""
+        ab = self.abar[t.cpu()]
+        snr = ab / (1 - ab)
+        weight = snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)
+        return weight.float().to(t.device)
 
     def v_target(self, x0, t, noise):
         ab = self._at(self.abar, t, x0)
@@ -316,7 +329,12 @@ class Diffusion:
             y[torch.rand(len(y), device=self.device) < cfg.label_dropout] = self.conditional_classes
         target = noise if cfg.prediction == "eps" else self.schedule.v_target(x0, t, noise)
         with rt.autocast():
-            loss = F.mse_loss(self.unet(x_t, t, y).float(), target)
+            out = self.unet(x_t, t, y).float()
+        if cfg.min_snr:
+            per_step = (out - target).pow(2).flatten(1).mean(1)
+            loss = (self.schedule.loss_weights(t, cfg.min_snr, cfg.prediction) * per_step).mean()
+        else:
+            loss = F.mse_loss(out, target)
         self.opt.zero_grad(set_to_none=True)
         rt.backward(loss)
         grad = rt.finish_grads("U-Net", self.unet, self.opt, loss)

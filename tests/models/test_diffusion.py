@@ -170,3 +170,34 @@ def test_bad_sampling_options_are_refused():
         apply_overrides(default_config("diffusion"), {"model.width": 12}).validate()
     with pytest.raises(GenlabError, match="divisible by 4"):
         make(shape=(1, 30, 30))
+
+
+def test_min_snr_weights():
+    s = Schedule("linear", 1000)
+    t = torch.arange(1000)
+    snr = (s.abar / (1 - s.abar)).float()
+    eps, v = s.loss_weights(t, 5.0, "eps"), s.loss_weights(t, 5.0, "v")
+    noisy = snr <= 5
+    assert 0 < noisy.sum() < 1000  # the linear schedule crosses SNR 5: both cases are exercised
+    assert torch.allclose(eps[noisy], torch.ones(int(noisy.sum())))  # noisy steps keep their whole loss
+    assert torch.allclose(eps[~noisy], 5 / snr[~noisy])  # clean steps are capped at gamma
+    assert torch.allclose(v, snr.clamp(max=5) / (snr + 1))
+    assert eps[0] < 0.01 and bool((eps[1:] >= eps[:-1]).all())  # more weight the noisier the step
+
+
+def test_min_snr_changes_the_step_only_through_the_weights():
+    images = torch.randint(0, 256, (32, *SHAPE), dtype=torch.uint8)  # 32 draws of t: some with SNR > 5
+
+    def step(**options):
+        model = make(**options)
+        seed_everything(3)
+        loss = model.train_step(images, torch.arange(32) % 10)["loss"]
+        return loss, torch.cat([p.detach().flatten() for p in model.unet.parameters()])
+
+    plain, capped, above_every_snr = step(), step(min_snr=5.0), step(min_snr=1e9)
+    assert plain[0] == pytest.approx(above_every_snr[0], rel=1e-5)  # a gamma above every SNR: weights all 1
+    assert torch.allclose(plain[1], above_every_snr[1], atol=1e-6)
+    assert capped[0] < plain[0]  # weights <= 1, some < 1 at this T
+    assert not torch.allclose(plain[1], capped[1])
+    with pytest.raises(GenlabError, match="min_snr"):
+        apply_overrides(default_config("diffusion"), {"model.min_snr": -1.0}).validate()
