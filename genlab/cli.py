@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from genlab.core.allocator import keep_freed_memory
 from genlab.errors import GenlabError
 from genlab.version import __version__
 
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         top_parser().parse_args(argv or ["--help"])  # prints help, version or the usage error
         return 2
     command = argv[0]
+    keep_freed_memory()
     try:
         return HANDLERS[command](argv[1:])
     except GenlabError as err:
