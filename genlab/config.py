@@ -126,7 +126,7 @@ class TrainConfig:
                          choices=("auto", "cpu", "cuda", "mps"), resumable=True)
     threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)", resumable=True)
     precision: str = option("fp32", "fp32, or mixed precision: bf16 (CPU or GPU), fp16 (GPU, with gradient "
-                            "scaling), auto (bf16 where the hardware has bf16 units, else fp32 on a CPU, fp16 on "
+                            "scaling), auto (bf16 on a GPU that has it or a CPU with AMX, else fp32 on a CPU, fp16 on "
                             "a GPU)", choices=("fp32", "bf16", "fp16", "auto"))
     compile: bool = option(False, "compile the networks with torch.compile (slow start, faster steps)",
                            resumable=True)
