@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genlab.core.runtime import cpu_flags
+
 RECORD = Path(__file__).with_name("invariants.json")
 TINY = ["--limit", "128", "--batch-size", "16", "--no-progress", "--device", "cpu", "--grid-size", "8",
         "--steps", "6", "--seed", "0", "--threads", "1"]
@@ -33,14 +35,11 @@ SMALL = {  # the tiny configs of tests/test_families.py
 
 def fingerprint() -> dict:
     """What decides the bits of a float computation on the CPU: PyTorch, the CPU and its vector units."""
-    flags: set[str] = set()
+    flags = cpu_flags()
     model = platform.processor()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), model)
     except OSError:
         pass
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma")
