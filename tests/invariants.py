@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genlab.core.runtime import cpu_flags
+from genlab.core.runtime import cpu_flags, cpuinfo
 
 RECORD = Path(__file__).with_name("invariants.json")
 TINY = ["--limit", "128", "--batch-size", "16", "--no-progress", "--device", "cpu", "--grid-size", "8",
@@ -36,12 +36,7 @@ SMALL = {  # the tiny configs of tests/test_families.py
 def fingerprint() -> dict:
     """What decides the bits of a float computation on the CPU: PyTorch, the CPU and its vector units."""
     flags = cpu_flags()
-    model = platform.processor()
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), model)
-    except OSError:
-        pass
+    model = cpuinfo("model name") or platform.processor()
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma")
     return {"torch": torch.__version__, "machine": platform.machine(), "cpu": model,
             "flags": sorted(f for f in wanted if f in flags)}

@@ -41,13 +41,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags, read from /proc/cpuinfo (Linux; empty elsewhere)."""
+def cpuinfo(field: str) -> str:
+    """The first CPU's `field` in /proc/cpuinfo ("flags", "model name"; Linux; "" elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return set(next((line for line in f if line.startswith("flags")), "").split())
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.split(":", 1)[0].strip() == field and ":" in line), "")
     except OSError:
-        return set()
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags, read from /proc/cpuinfo (Linux; empty elsewhere)."""
+    return set(cpuinfo("flags").split())
 
 
 def cpu_has_bf16() -> bool:
