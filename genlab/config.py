@@ -116,6 +116,9 @@ class TrainConfig:
     steps: int | None = option(None, "optimisation steps to run (stops at the first budget reached)", resumable=True)
     minutes: float | None = option(None, "wall-clock budget in minutes; alone it replaces the epochs", resumable=True)
     batch_size: int = option(64, "images per optimisation step")
+    lr_decay: str = option("none", "decay every learning rate over the budget (the first budget to run out: "
+                           "steps, epochs or minutes): none, cosine or linear, to 0 at the end",
+                           choices=("none", "cosine", "linear"))
     seed: int = option(0, "seed for weights, noise and data order: same seed, same weights on CPU")
     out: str = option("runs/run", "run folder to create (config, log, grids, curves, weights)", resumable=True)
     overwrite: bool = option(False, "replace an existing genlab run in --out (it is deleted)", resumable=True)

@@ -61,6 +61,15 @@ def any_rank(flag: bool, ranks: Ranks, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def rank0_value(value: float, ranks: Ranks, device: torch.device) -> float:
+    """Rank 0's `value` on every rank (a clock reading, so that all ranks act on the same one)."""
+    if ranks.world_size <= 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
 def broadcast_params(modules) -> None:
     """Start every rank from rank 0's weights."""
     if dist.is_initialized():

@@ -14,6 +14,8 @@ what the others did in the same step.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import signal
 import sys
 import threading
@@ -25,6 +27,7 @@ from genlab.config import TrainConfig
 from genlab.core import distributed
 from genlab.core.images import make_grid, save_png
 from genlab.core.run import Run
+from genlab.core.runtime import LazyOptimizer
 from genlab.errors import GenlabError
 from genlab.models.diagnosis import Diagnostics
 
@@ -70,6 +73,74 @@ class Budget(Callback):
 
     def stop_reason(self, trainer) -> str:
         return budget_reached(trainer.state, trainer.cfg)
+
+
+def budget_progress(state, cfg: TrainConfig, per_epoch: int, start_seconds: float = 0.0) -> float:
+    """How much of the budget is spent, 0 to 1: the largest fraction over the budgets given (the
+    first to run out ends training). Minutes count from `start_seconds`, when the loop began (a
+    latent family's first stage, trained before it, is not the loop's to decay over)."""
+    spent = [0.0]
+    if cfg.steps is not None:
+        spent.append(state.step / cfg.steps)
+    if cfg.epochs is not None:
+        spent.append(state.step / (cfg.epochs * per_epoch))
+    if cfg.minutes is not None:
+        spent.append((state.seconds - start_seconds) / max(cfg.minutes * 60 - start_seconds, 1e-9))
+    return min(max(spent), 1.0)
+
+
+def lr_factor(kind: str, progress: float) -> float:
+    """The multiplier of the base learning rate `progress` of the way through the budget."""
+    if kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if kind == "linear":
+        return 1.0 - progress
+    return 1.0
+
+
+def optimisers(model) -> list:
+    """The optimisers a family holds as attributes (each family owns its own: `opt`, `opt_G`, ...)."""
+    return [v for v in vars(model).values() if isinstance(v, (LazyOptimizer, torch.optim.Optimizer))]
+
+
+class LearningRate(Callback):
+    """--lr-decay: before every step, each optimiser's rate is its base rate (kept in the group as
+    `initial_lr`, as torch's schedulers keep it) times the decay at the budget spent so far. A step
+    budget gives the same rates on every run and resume; a minutes budget follows the clock (rank 0's
+    under torchrun), from where the loop began to the end of the budget."""
+
+    name = "lr"
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.start_seconds: float | None = None
+        self.factor = 1.0
+
+    def clock(self, trainer) -> float:
+        return distributed.rank0_value(trainer.state.seconds, trainer.ranks, trainer.rt.device)
+
+    def apply(self, trainer) -> None:
+        seconds = self.clock(trainer)
+        state = dataclasses.replace(trainer.state, seconds=seconds)
+        self.factor = lr_factor(self.cfg.lr_decay, budget_progress(state, self.cfg, trainer.per_epoch,
+                                                                   self.start_seconds or 0.0))
+        for opt in optimisers(trainer.model):
+            for group in opt.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * self.factor
+
+    def on_start(self, trainer) -> None:
+        if self.start_seconds is None:
+            self.start_seconds = self.clock(trainer)
+        self.apply(trainer)
+
+    def on_step(self, trainer, logs) -> None:
+        self.apply(trainer)
+
+    def state_dict(self) -> dict:
+        return {"start_seconds": self.start_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start_seconds = state["start_seconds"]
 
 
 class Signals(Callback):

@@ -38,8 +38,8 @@ from genlab.models import build_model
 from genlab.models.diagnosis import Diagnostics, GradientWatch
 from genlab.models.protocols import Diagnosed, Prepared
 from genlab.plots import plot_curves
-from genlab.training.callbacks import (Budget, Callback, Checkpoints, Diagnosing, Evaluation, Grids, Logger,
-                                       Signals, TensorBoard, all_ranks_stop)
+from genlab.training.callbacks import (Budget, Callback, Checkpoints, Diagnosing, Evaluation, Grids, LearningRate,
+                                       Logger, Signals, TensorBoard, all_ranks_stop)
 from genlab.version import __version__
 from genlab.views import save_views
 
@@ -213,6 +213,8 @@ def make_callbacks(config: RunConfig, run: Run | None, model, data: ImageSet, ra
     """The callbacks of a run: every rank stops alike; the first rank keeps the record."""
     cfg = config.train
     callbacks: list[Callback] = [Budget(), Signals()]
+    if cfg.lr_decay != "none":
+        callbacks.append(LearningRate(cfg))
     if ranks.is_main:
         total = [t for t in (cfg.steps, cfg.epochs and cfg.epochs * steps_per_epoch(len(data), cfg.batch_size)) if t]
         logger = Logger(run, cfg, min(total) if total and cfg.minutes is None else None)
