@@ -186,6 +186,9 @@ class RunConfig:
         self.data.validate()
         self.train.validate()
         self.model.validate()
+        if self.train.lr_decay != "none" and getattr(self.model, "lr_half_life", None) is not None:
+            raise GenlabError(f"--lr-decay {self.train.lr_decay} and --lr-half-life both set the learning rate; "
+                              "pass one of them")
 
     def to_dict(self) -> dict:
         return {"data": dataclasses.asdict(self.data), "model": dataclasses.asdict(self.model),

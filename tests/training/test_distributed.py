@@ -63,3 +63,15 @@ def test_a_batch_that_does_not_split_over_the_ranks(tmp_path):
     assert done.returncode != 0
     # each rank says it in one line (torchrun's own launcher then adds its report of the failure)
     assert done.stderr.count("genlab train: error: batch size 31 does not split evenly over 2 processes") == 2
+
+
+def test_a_decayed_rate_is_the_same_on_every_rank(tmp_path):
+    """--lr-decay reads the budget spent on rank 0 (broadcast each step): two processes still match one."""
+    decay = ["--steps", "4", "--lr-decay", "cosine", *ARGS]
+    done = torchrun(*decay, "--out", str(tmp_path / "ddp"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = single(*decay, "--out", str(tmp_path / "single"))
+    assert done.returncode == 0, done.stderr
+    a, b = full_state(tmp_path / "ddp"), full_state(tmp_path / "single")
+    nets = [k for k in a if k.startswith("/G/") or k.startswith("/D/")]
+    assert max((a[k] - b[k]).abs().max().item() for k in nets) < 1e-5
