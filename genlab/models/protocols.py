@@ -26,9 +26,9 @@ from torch import nn
 @runtime_checkable
 class Family(Protocol):
     """A model family. It is built as `Family(config, image_shape, num_classes, runtime)`, owns its
-    optimisers (as attributes: `--lr-decay` finds them there), and converts the uint8 pixels itself. `SamplingOptions` (a class attribute) is a
-    dataclass of the keyword options `sample` takes, with types and help; `sampling_defaults()`
-    returns it filled with the recipe's values."""
+    optimisers (as attributes: `--lr-decay` finds them there), and converts the uint8 pixels itself.
+    `SamplingOptions` (a class attribute) is a dataclass of the keyword options `sample` takes, with
+    types and help; `sampling_defaults()` returns it filled with the recipe's values."""
 
     config: Any
     image_shape: tuple[int, int, int]
