@@ -114,19 +114,18 @@ class LearningRate(Callback):
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.start_seconds: float | None = None
-        self.factor = 1.0
 
     def clock(self, trainer) -> float:
         return distributed.rank0_value(trainer.state.seconds, trainer.ranks, trainer.rt.device)
 
     def apply(self, trainer) -> None:
-        seconds = self.clock(trainer)
-        state = dataclasses.replace(trainer.state, seconds=seconds)
-        self.factor = lr_factor(self.cfg.lr_decay, budget_progress(state, self.cfg, trainer.per_epoch,
-                                                                   self.start_seconds or 0.0))
+        state = trainer.state
+        if self.cfg.minutes is not None:  # only a minutes budget reads the clock (a collective under torchrun)
+            state = dataclasses.replace(state, seconds=self.clock(trainer))
+        factor = lr_factor(self.cfg.lr_decay, budget_progress(state, self.cfg, trainer.per_epoch, self.start_seconds))
         for opt in optimisers(trainer.model):
             for group in opt.param_groups:
-                group["lr"] = group.setdefault("initial_lr", group["lr"]) * self.factor
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
     def on_start(self, trainer) -> None:
         if self.start_seconds is None:
