@@ -31,8 +31,9 @@ class SampleOptions:
     n: int = option(64, "number of images")
     seed: int = option(0, "noise seed: same seed, same images")
     batch_size: int = option(1000, "images generated per batch")
-    labels: str | None = option(None, "classes for a conditional model, e.g. 0,1,2 (repeated to fill --n; "
-                                "default: all classes in turn)")
+    labels: str | None = option(None, "classes for a conditional model, e.g. 0,1,2 (repeated to fill --n), or "
+                                "`data`: the training data's mix of classes, as `genlab eval RUN` draws them "
+                                "(default: all classes in turn)")
     weights: str = option(Run.WEIGHTS, "which weights of the run: model.safetensors (final) or best.safetensors")
     channels: str = option("auto", "the channels you expect (a run trained on another count is refused)",
                            choices=CHANNELS)
@@ -47,7 +48,7 @@ class SampleOptions:
             raise GenlabError(f"--n must be a positive number of images, got {self.n}")
 
     def wanted_labels(self) -> list[int] | None:
-        if not self.labels:
+        if not self.labels or self.labels.strip() == "data":
             return None
         try:
             return [int(x) for x in self.labels.split(",") if x.strip()]
@@ -71,7 +72,7 @@ def sample_command(opts: SampleOptions) -> tuple[Path, int]:
     if opts.channels != "auto" and int(opts.channels) != trained_on:
         raise GenlabError(f"--channels {opts.channels}: run {opts.run} was trained on {trained_on}-channel images and "
                           "samples them; leave out --channels, or train a run on the channels you want")
-    labels = labels_for(model.family, opts.n, opts.wanted_labels())
+    labels = labels_for(model.family, opts.n, opts.wanted_labels(), data_mix(model, opts.run, opts.labels))
     images = sample_from(model.family, opts.n, seed=opts.seed, batch_size=opts.batch_size, labels=labels,
                          options=opts.sampling_options())
     return save_samples(images, opts.out, labels), len(images)
@@ -167,6 +168,21 @@ def sample_run(run_dir: str | Path, n: int, seed: int = 0, labels=None,
     if n <= 0:
         raise GenlabError(f"--n must be a positive number of images, got {n}")
     return load(run_dir).sample(n, seed=seed, labels=labels, batch_size=batch_size)
+
+
+def data_mix(trained: "Trained", run: str, labels: str | None) -> list[int] | None:
+    """The training data's class counts when `--labels data` asks for its mix, else None. A score of
+    samples against the data (`genlab eval --samples`) compares with that mix: on unbalanced data
+    (emoji) samples of all classes in turn score far worse than the model is."""
+    if not labels or labels.strip() != "data":
+        return None
+    if trained.conditional_classes is None:
+        raise GenlabError("--labels data: this model is not class-conditional; leave out --labels")
+    counts = trained.meta.get("class_counts")
+    if not counts or len(counts) != trained.conditional_classes:
+        raise GenlabError(f"--labels data: {run} does not record its training data's class counts; "
+                          "give --labels as class numbers, e.g. 0,1,2")
+    return list(counts)
 
 
 def labels_for(model, n: int, wanted=None, proportions: list[int] | None = None) -> torch.Tensor | None:

@@ -1,6 +1,7 @@
 """The `genlab` command end to end, and one clear line for every kind of bad input."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from genlab.cli import main
+from genlab.models.common import proportional_labels
 from tests.training.test_trainer import final_weights
 from tests.data.test_sources import write_mnist_folder
 
@@ -160,9 +162,15 @@ def test_conditional_sampling_from_the_command_line(tmp_path, capsys):
     assert saved["labels"].tolist() == [0, 1, 2, 0, 1, 2, 0] and saved["images"].shape == (7, 28, 28)
     code, err = bad(capsys, "sample", tmp_path / "c", "--labels", "0,11", "--out", tmp_path / "t.npz")
     assert code == 2 and "labels must be class numbers 0..9" in err
+    # --labels data: the training data's mix, as `genlab eval RUN` draws it
+    counts = json.loads((tmp_path / "c" / "run.json").read_text())["class_counts"]
+    assert main(["sample", str(tmp_path / "c"), "--n", "50", "--labels", "data", "--out", str(tmp_path / "d.npz")]) == 0
+    assert np.load(tmp_path / "d.npz")["labels"].tolist() == proportional_labels(50, counts).tolist()
     assert main(["train", "--steps", "1", "--out", str(tmp_path / "u"), *TINY]) == 0
     code, err = bad(capsys, "sample", tmp_path / "u", "--labels", "1", "--out", tmp_path / "t.npz")
     assert code == 2 and "not class-conditional" in err
+    code, err = bad(capsys, "sample", tmp_path / "u", "--labels", "data", "--out", tmp_path / "t.npz")
+    assert code == 2 and "--labels data: this model is not class-conditional" in err
 
 
 def test_unknown_gan_options_are_refused(tmp_path, capsys):

@@ -6,7 +6,8 @@ import torch
 
 from genlab.config import default_config
 from genlab.errors import GenlabError
-from genlab.generate import (SampleOptions, labels_for, load, sample_from, sampling_options, save_samples)
+from genlab.generate import (SampleOptions, Trained, data_mix, labels_for, load, sample_from, sampling_options,
+                             save_samples)
 from genlab.models import build_model
 from genlab.training.trainer import train
 from tests.conftest import tiny_config
@@ -29,6 +30,20 @@ def test_labels_are_balanced_repeated_or_refused():
         labels_for(cond, 3, [10])
     with pytest.raises(GenlabError, match="not class-conditional"):
         labels_for(plain, 3, [1])
+
+
+def test_labels_data_draws_the_training_mix_or_is_refused():
+    cond, plain = model(conditional=True), model()
+    counts = [60, 30, 10, 0, 0, 0, 0, 0, 0, 0]  # unbalanced, as emoji's categories are
+    trained = Trained(cond, None, {"class_counts": counts})
+    assert data_mix(trained, "r", "0,1") is None and data_mix(trained, "r", None) is None
+    labels = labels_for(cond, 20, SampleOptions(run="r", out="o.npz", labels="data").wanted_labels(),
+                        data_mix(trained, "r", " data"))
+    assert torch.bincount(labels, minlength=10).tolist() == [12, 6, 2, 0, 0, 0, 0, 0, 0, 0]
+    with pytest.raises(GenlabError, match="--labels data: this model is not class-conditional"):
+        data_mix(Trained(plain, None, {"class_counts": counts}), "r", "data")
+    with pytest.raises(GenlabError, match="--labels data: old-run does not record its training data's class counts"):
+        data_mix(Trained(cond, None, {}), "old-run", "data")
 
 
 def test_sampling_options_are_typed_from_text_and_checked():
