@@ -47,8 +47,12 @@ class SampleOptions:
         if self.n <= 0:
             raise GenlabError(f"--n must be a positive number of images, got {self.n}")
 
+    def wants_data_mix(self) -> bool:
+        """`--labels data`: the training data's mix of classes."""
+        return (self.labels or "").strip() == "data"
+
     def wanted_labels(self) -> list[int] | None:
-        if not self.labels or self.labels.strip() == "data":
+        if not self.labels or self.wants_data_mix():
             return None
         try:
             return [int(x) for x in self.labels.split(",") if x.strip()]
@@ -72,7 +76,8 @@ def sample_command(opts: SampleOptions) -> tuple[Path, int]:
     if opts.channels != "auto" and int(opts.channels) != trained_on:
         raise GenlabError(f"--channels {opts.channels}: run {opts.run} was trained on {trained_on}-channel images and "
                           "samples them; leave out --channels, or train a run on the channels you want")
-    labels = labels_for(model.family, opts.n, opts.wanted_labels(), data_mix(model, opts.run, opts.labels))
+    mix = data_mix(model, opts.run) if opts.wants_data_mix() else None
+    labels = labels_for(model.family, opts.n, opts.wanted_labels(), mix)
     images = sample_from(model.family, opts.n, seed=opts.seed, batch_size=opts.batch_size, labels=labels,
                          options=opts.sampling_options())
     return save_samples(images, opts.out, labels), len(images)
@@ -170,12 +175,10 @@ def sample_run(run_dir: str | Path, n: int, seed: int = 0, labels=None,
     return load(run_dir).sample(n, seed=seed, labels=labels, batch_size=batch_size)
 
 
-def data_mix(trained: "Trained", run: str, labels: str | None) -> list[int] | None:
-    """The training data's class counts when `--labels data` asks for its mix, else None. A score of
-    samples against the data (`genlab eval --samples`) compares with that mix: on unbalanced data
-    (emoji) samples of all classes in turn score far worse than the model is."""
-    if not labels or labels.strip() != "data":
-        return None
+def data_mix(trained: Trained, run: str) -> list[int]:
+    """The training data's class counts, for `--labels data`. A score of samples against the data
+    (`genlab eval --samples`) compares with that mix: on unbalanced data (emoji) samples of all
+    classes in turn score far worse than the model is."""
     if trained.conditional_classes is None:
         raise GenlabError("--labels data: this model is not class-conditional; leave out --labels")
     counts = trained.meta.get("class_counts")

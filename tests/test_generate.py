@@ -36,14 +36,16 @@ def test_labels_data_draws_the_training_mix_or_is_refused():
     cond, plain = model(conditional=True), model()
     counts = [60, 30, 10, 0, 0, 0, 0, 0, 0, 0]  # unbalanced, as emoji's categories are
     trained = Trained(cond, None, {"class_counts": counts})
-    assert data_mix(trained, "r", "0,1") is None and data_mix(trained, "r", None) is None
-    labels = labels_for(cond, 20, SampleOptions(run="r", out="o.npz", labels="data").wanted_labels(),
-                        data_mix(trained, "r", " data"))
+    asked = SampleOptions(run="r", out="o.npz", labels=" data")
+    assert asked.wants_data_mix() and asked.wanted_labels() is None
+    assert not SampleOptions(run="r", out="o.npz", labels="0,1").wants_data_mix()
+    assert not SampleOptions(run="r", out="o.npz").wants_data_mix()
+    labels = labels_for(cond, 20, asked.wanted_labels(), data_mix(trained, "r"))
     assert torch.bincount(labels, minlength=10).tolist() == [12, 6, 2, 0, 0, 0, 0, 0, 0, 0]
     with pytest.raises(GenlabError, match="--labels data: this model is not class-conditional"):
-        data_mix(Trained(plain, None, {"class_counts": counts}), "r", "data")
+        data_mix(Trained(plain, None, {"class_counts": counts}), "r")
     with pytest.raises(GenlabError, match="--labels data: old-run does not record its training data's class counts"):
-        data_mix(Trained(cond, None, {}), "old-run", "data")
+        data_mix(Trained(cond, None, {}), "old-run")
 
 
 def test_sampling_options_are_typed_from_text_and_checked():
