@@ -41,6 +41,7 @@ BETTER = {"fid": "lower", "fid_equal_n": "lower", "kid": "lower", "is": "higher"
           "neg_elbo_nats": "lower", "fid_reconstruction": "lower", "psnr_reconstruction": "higher",
           "class_tv_reconstruction": "lower"}
 COPYING_P = 0.01  # below: the samples sit closer to the training images than unseen real images do
+CLASS_MIX_TV = 0.15  # above: the samples' mix of classes is far from the data's (real images: ~0.01)
 TRAINING_METRICS = ("fid", "kid", "is", "precision", "recall", "density", "coverage", "classes_found", "class_tv",
                     "fid_heldout", "recall_heldout")
 
@@ -140,12 +141,41 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
         warnings.append(f"the samples sit closer to the training images than real images the model never saw do "
                         f"(data-copying statistic C_T = {copied['ct']:.2f}, p = {copied['p_value']:.2g}; Meehan et al. "
                         "2020): the model may be reproducing its training images; judge it by the held-out view")
+    if values.get("class_histogram") is not None:
+        warnings.extend(class_mix_warning(values["class_histogram"], ref.label_histogram,
+                                          extractor.spec["class_names"]))
     return {"features": extractor.name, "features_kind": extractor.kind, "features_note": extractor.describe(),
             "features_test_accuracy": extractor.spec.get("test_accuracy"), "resize_filter": FILTER,
             "dataset": data_cfg.dataset, "n": len(x), "floor_n": n_floor,
             "heldout_n": len(ref.heldout_features), "knn_n": values["knn_n"],
             "class_histogram": values.get("class_histogram"), "class_names": extractor.spec["class_names"],
             "data_copying": copied, "warnings": warnings, "metrics": metrics, **convention}
+
+
+def class_mix_warning(samples: list[float], data_histogram: torch.Tensor, class_names: list[str]) -> list[str]:
+    """A sentence when the samples' mix of classes (the classifier's verdicts) is far from the
+    data's: FID and recall then count the mix as well as the images. Two causes are told apart where
+    the numbers can: a model that drops classes, and samples drawn with equal shares of the classes
+    from unbalanced data (what `genlab sample RUN` does by default; `--labels data` draws the data's)."""
+    p_fake = torch.tensor(samples, dtype=torch.float64)
+    p_data = data_histogram.double() / data_histogram.sum()
+    tv = float(0.5 * (p_fake - p_data).abs().sum())
+    if tv <= CLASS_MIX_TV:
+        return []
+    gap = p_fake - p_data
+    over, under = int(gap.argmax()), int(gap.argmin())
+    share = lambda i: f"{class_names[i]}: {p_fake[i]:.0%} of the samples, {p_data[i]:.0%} of the data"  # noqa: E731
+    text = (f"the samples' mix of classes is far from the data's (class TV {tv:.2f}; {share(over)}; {share(under)}): "
+            "FID and recall count the mix as well as the images")
+    present = p_data > 0
+    uniform = present.double() / present.sum()
+    if 0.5 * float((p_fake - uniform).abs().sum()) < 0.5 * tv:
+        text += ("; the samples look drawn with equal shares of the classes and the data's are unequal: draw a "
+                 "conditional genlab run's with `genlab sample RUN --labels data`, or score the run itself with "
+                 "`genlab eval RUN`")
+    else:
+        text += "; see classes_found for classes the model does not draw"
+    return [text]
 
 
 def reconstruction(model: Encoder, heldout, extractor: Extractor, ref, n: int) -> dict:

@@ -45,6 +45,30 @@ def test_real_digits_score_like_the_floor_and_noise_scores_badly(small_extractor
     assert bad["precision"]["value"] < 0.05 and bad["recall"]["value"] < 0.05
 
 
+def test_a_mix_of_classes_far_from_the_datas_is_told(small_extractor, test_digits):
+    """Held-out digits of classes 0-4 only: real images, so FID alone would not say why they score
+    worse; the warning names the mix. All ten classes: no warning."""
+    half = test_digits.images[test_digits.labels < 5][:500]
+    out = ev(half, small_extractor)
+    told = [w for w in out["warnings"] if "mix of classes is far from the data's" in w]
+    assert len(told) == 1 and "see classes_found" in told[0] and "--labels data" not in told[0]
+    assert f"class TV {out['metrics']['class_tv']['value']:.2f}" in told[0]
+    assert "mix of classes" in E.format_table(out)
+    assert not any("mix of classes" in w for w in ev(test_digits.images[:500], small_extractor)["warnings"])
+
+
+def test_equal_shares_drawn_from_unbalanced_data_are_told_apart_from_dropped_classes():
+    names = ["people", "animals", "flags", "food"]
+    data = torch.tensor([600, 200, 100, 100])
+    equal = E.class_mix_warning([0.25, 0.25, 0.25, 0.25], data, names)
+    assert len(equal) == 1 and "genlab sample RUN --labels data" in equal[0]
+    assert "people: 25% of the samples, 60% of the data" in equal[0]
+    assert "flags: 25% of the samples, 10% of the data" in equal[0] or "food: 25%" in equal[0]
+    dropped = E.class_mix_warning([1.0, 0.0, 0.0, 0.0], data, names)
+    assert len(dropped) == 1 and "see classes_found" in dropped[0] and "--labels data" not in dropped[0]
+    assert E.class_mix_warning([0.55, 0.22, 0.12, 0.11], data, names) == []  # TV 0.05: near enough
+
+
 def test_reference_statistics_are_cached(small_extractor, test_digits, monkeypatch):
     ev(test_digits.images[:100], small_extractor)
     cached = {p.name: p.stat().st_mtime_ns for p in small_extractor.path.iterdir()}
