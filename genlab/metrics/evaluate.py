@@ -164,7 +164,10 @@ def class_mix_warning(samples: list[float], data_histogram: torch.Tensor, class_
         return []
     gap = p_fake - p_data
     over, under = int(gap.argmax()), int(gap.argmin())
-    share = lambda i: f"{class_names[i]}: {p_fake[i]:.0%} of the samples, {p_data[i]:.0%} of the data"  # noqa: E731
+
+    def share(i: int) -> str:
+        return f"{class_names[i]}: {p_fake[i]:.0%} of the samples, {p_data[i]:.0%} of the data"
+
     text = (f"the samples' mix of classes is far from the data's (class TV {tv:.2f}; {share(over)}; {share(under)}): "
             "FID and recall count the mix as well as the images")
     present = p_data > 0
