@@ -159,7 +159,7 @@ def class_mix_warning(samples: list[float], data_histogram: torch.Tensor, class_
     from unbalanced data (what `genlab sample RUN` does by default; `--labels data` draws the data's)."""
     p_fake = torch.tensor(samples, dtype=torch.float64)
     p_data = data_histogram.double() / data_histogram.sum()
-    tv = float(0.5 * (p_fake - p_data).abs().sum())
+    tv = scores.total_variation(p_fake, p_data)
     if tv <= CLASS_MIX_TV:
         return []
     gap = p_fake - p_data
@@ -172,7 +172,7 @@ def class_mix_warning(samples: list[float], data_histogram: torch.Tensor, class_
             "FID and recall count the mix as well as the images")
     present = p_data > 0
     uniform = present.double() / present.sum()
-    if 0.5 * float((p_fake - uniform).abs().sum()) < 0.5 * tv:
+    if scores.total_variation(p_fake, uniform) < 0.5 * tv:
         text += ("; the samples look drawn with equal shares of the classes and the data's are unequal: draw a "
                  "conditional genlab run's with `genlab sample RUN --labels data`, or score the run itself with "
                  "`genlab eval RUN`")

@@ -156,6 +156,11 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5,
 
 # ---------------------------------------------------------------- classes
 
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
+    """Total-variation distance between two histograms of shares (0 = the same, 1 = disjoint)."""
+    return float(0.5 * (p - q).abs().sum())
+
+
 def class_coverage(predicted: torch.Tensor, data_histogram: torch.Tensor, min_share: float = 0.1) -> dict:
     """Mode collapse as plain numbers: how many of the data's classes the classifier finds in the
     samples (a class counts when it gets at least `min_share` of its share in the data), and the
@@ -165,7 +170,7 @@ def class_coverage(predicted: torch.Tensor, data_histogram: torch.Tensor, min_sh
     p_fake = torch.bincount(predicted, minlength=num_classes)[:num_classes].double() / len(predicted)
     found = int(((p_fake >= min_share * p_data) & (p_data > 0)).sum())
     return {"classes_found": found, "num_classes": int((p_data > 0).sum()),
-            "class_tv": float(0.5 * (p_fake - p_data).abs().sum()), "histogram": p_fake.tolist()}
+            "class_tv": total_variation(p_fake, p_data), "histogram": p_fake.tolist()}
 
 
 # ---------------------------------------------------------------- perceptual path length
