@@ -30,6 +30,10 @@ import yaml
 
 from genlab.errors import GenlabError
 
+# the fewest samples genlab's metrics take: density and coverage measure each point's 5 nearest
+# neighbours among as many reference images as there are samples
+MIN_EVAL_SAMPLES = 6
+
 
 REQUIRED = dataclasses.MISSING  # option(REQUIRED, ...): a field without a default (a required argument)
 
@@ -164,8 +168,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise GenlabError(f"{name} must be positive, got {value}")
-        if self.eval_n < 2:
-            raise GenlabError(f"eval_n must be at least 2 samples, got {self.eval_n}")
+        if self.eval_n < MIN_EVAL_SAMPLES:
+            raise GenlabError(f"eval_n must be at least {MIN_EVAL_SAMPLES} samples, got {self.eval_n}")
         for name in ("batch_size", "log_every", "grid_size", "grid_every", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 raise GenlabError(f"{name} must be positive, got {getattr(self, name)}")

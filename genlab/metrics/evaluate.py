@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from genlab.config import CHANNELS, DataConfig, option
+from genlab.config import CHANNELS, MIN_EVAL_SAMPLES, DataConfig, option
 from genlab.core.run import Run
 from genlab.data import load_dataset, with_split
 from genlab.data.convert import FILTER
@@ -51,7 +51,7 @@ class EvalOptions:
     """`genlab eval RUN` or `genlab eval --samples FILE --dataset NAME`: scores beside the real floor."""
 
     run: str | None = option(None, "run folder to sample from (or use --samples)", positional=True)
-    samples: str | None = option(None, "FILE.npz with `images`, or a folder of PNGs, from any generator")
+    samples: str | None = option(None, "FILE.npz with `images`, FILE.npy, or a folder of PNG/JPEG images, from any generator")
     dataset: str | None = option(None, "dataset the samples imitate (with --samples)")
     data_dir: str | None = option(None, "folder of the dataset's files, where it needs one")
     image_size: int | None = option(None, "image size of the dataset (default: its own; a folder: 28)")
@@ -69,8 +69,8 @@ class EvalOptions:
     def validate(self) -> None:
         if (self.run is None) == (self.samples is None):
             raise GenlabError("give either a run folder or --samples FILE (with --dataset)")
-        if self.n < 2:
-            raise GenlabError(f"--n must be at least 2, got {self.n}")
+        if self.n < MIN_EVAL_SAMPLES:
+            raise GenlabError(f"--n must be at least {MIN_EVAL_SAMPLES}, got {self.n} (10,000 is usual)")
         if self.samples is not None and not self.dataset:
             raise GenlabError("--samples needs --dataset NAME: the data the samples are compared with")
 

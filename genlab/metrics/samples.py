@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from genlab.config import MIN_EVAL_SAMPLES
 from genlab.data.convert import resize, to_channels
 from genlab.errors import GenlabError
 
@@ -21,8 +22,9 @@ def prepare_samples(images, shape: tuple[int, int, int], resize: bool = False, s
         x = x.unsqueeze(1)
     if x.ndim != 4:
         raise GenlabError(f"{source}: expected images [N, H, W] or [N, C, H, W], got shape {tuple(x.shape)}")
-    if len(x) < 2:
-        raise GenlabError(f"{source}: {len(x)} image(s); the metrics need at least 2 (10,000 is usual)")
+    if len(x) < MIN_EVAL_SAMPLES:
+        raise GenlabError(f"{source}: {len(x)} image(s); the metrics need at least {MIN_EVAL_SAMPLES} "
+                          "(10,000 is usual)")
     if x.is_floating_point():
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
@@ -53,7 +55,9 @@ def resize_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
 
 
 def load_samples_file(path: str | Path, channels: int) -> torch.Tensor:
-    """Images from an .npz (array `images`) or a folder of PNG/JPEG files."""
+    """Images from an .npz (array `images`), an .npy array, or a folder of PNG/JPEG files."""
+    import zipfile
+
     import numpy as np
 
     path = Path(path)
@@ -63,21 +67,35 @@ def load_samples_file(path: str | Path, channels: int) -> torch.Tensor:
         raise GenlabError(f"samples file {path} does not exist")
     if path.stat().st_size == 0:
         raise GenlabError(f"samples file {path} is empty; generate the samples again")
+    takes = "--samples takes an .npz file (array `images`), an .npy array or a folder of PNG/JPEG images"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise GenlabError(f"{path} is one image; {takes}: put the images in a folder and pass the folder")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    is_npy = head == b"\x93NUMPY"
+    if not is_npy and not head.startswith(b"PK"):  # .npz files are zip archives
+        raise GenlabError(f"{path} is neither an .npz nor an .npy file; {takes} (numpy.savez(path, images=array))")
     try:
+        if is_npy:
+            return torch.from_numpy(np.load(path, allow_pickle=False).copy())
         with np.load(path, allow_pickle=False) as archive:
             if "images" not in archive.files:
                 raise GenlabError(f"{path} has no array named `images` (it has: {', '.join(archive.files) or 'none'}); "
                                   "save the samples as np.savez(path, images=array)")
             return torch.from_numpy(archive["images"].copy())
-    except (OSError, ValueError, EOFError) as err:
-        raise GenlabError(f"{path} is not a readable .npz file ({err}); save samples with numpy.savez") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise GenlabError(f"{path} is not a readable .{'npy' if is_npy else 'npz'} file ({err}); "
+                          "save samples with numpy.savez") from None
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def _load_png_folder(folder: Path, channels: int) -> torch.Tensor:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise GenlabError(f"samples folder {folder} holds no PNG/JPEG images")
     arrays = []

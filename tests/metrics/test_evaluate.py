@@ -166,7 +166,8 @@ def test_reconstructions_are_scored_beside_their_own_floor(small_extractor, test
     (np.zeros((10, 3, 28, 28), np.uint8), "images are 3x28x28"),
     (np.full((10, 28, 28), np.nan, np.float32), "10 image\\(s\\) contain NaN"),
     (np.full((10, 28, 28), 2.0, np.float32), "float images must lie in \\[0, 1\\]"),
-    (np.zeros((1, 28, 28), np.uint8), "1 image\\(s\\); the metrics need at least 2"),
+    (np.zeros((1, 28, 28), np.uint8), "1 image\\(s\\); the metrics need at least 6"),
+    (np.zeros((5, 28, 28), np.uint8), "5 image\\(s\\); the metrics need at least 6"),
     (np.zeros((10, 784), np.uint8), "expected images \\[N, H, W\\] or \\[N, C, H, W\\]"),
 ])
 def test_bad_samples(small_extractor, images, message):
@@ -199,8 +200,17 @@ def test_samples_files(tmp_path):
     with pytest.raises(GenlabError, match="has no array named `images` \\(it has: pictures\\)"):
         load_samples_file(tmp_path / "other.npz", 1)
     (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
-    with pytest.raises(GenlabError, match="not a readable .npz"):
+    with pytest.raises(GenlabError, match="neither an .npz nor an .npy file"):
         load_samples_file(tmp_path / "junk.npz", 1)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "other.npz").read_bytes()[:200])  # a zip cut short
+    with pytest.raises(GenlabError, match="not a readable .npz"):
+        load_samples_file(tmp_path / "cut.npz", 1)
+    (tmp_path / "one.png").write_bytes(b"\x89PNG")
+    with pytest.raises(GenlabError, match="one.png is one image; --samples takes .* a folder"):
+        load_samples_file(tmp_path / "one.png", 1)
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    np.save(tmp_path / "bare.npy", images)  # a bare array, as np.save writes it
+    assert np.array_equal(load_samples_file(tmp_path / "bare.npy", 1).numpy(), images)
     with pytest.raises(GenlabError, match="does not exist"):
         load_samples_file(tmp_path / "none.npz", 1)
 
