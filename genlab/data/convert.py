@@ -17,6 +17,7 @@ from genlab.errors import GenlabError
 FILTER = "PIL bicubic (antialiased when shrinking)"
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # what genlab reads
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:

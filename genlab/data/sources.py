@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from genlab.config import DataConfig
-from genlab.data.convert import centre_crop, flatten_alpha, has_colour
+from genlab.data.convert import IMAGE_SUFFIXES, centre_crop, flatten_alpha, has_colour
 from genlab.data.download import download
 from genlab.data.idx import read_idx
 from genlab.data.imageset import ImageSet
@@ -167,7 +167,6 @@ def load_mnist_sample(cfg: DataConfig) -> ImageSet:
 
 # ---------------------------------------------------------------- a folder of images
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 FOLDER_SIZE = 28  # a folder's side when --image-size is not given
 
 

@@ -51,12 +51,18 @@ class EvalOptions:
     """`genlab eval RUN` or `genlab eval --samples FILE --dataset NAME`: scores beside the real floor."""
 
     run: str | None = option(None, "run folder to sample from (or use --samples)", positional=True)
-    samples: str | None = option(None, "FILE.npz with `images`, FILE.npy, or a folder of PNG/JPEG images, from any generator")
+    samples: str | None = option(None, "FILE.npz with `images`, FILE.npy, or a folder of images (PNG, "
+                                 "JPEG, ...), from any generator")
     dataset: str | None = option(None, "dataset the samples imitate (with --samples)")
     data_dir: str | None = option(None, "folder of the dataset's files, where it needs one")
     image_size: int | None = option(None, "image size of the dataset (default: its own; a folder: 28)")
     channels: str = option("auto", "channels of the dataset, or the channels you expect of the run's samples "
                            "(a run of another channel count is refused)", choices=CHANNELS)
+    background: str = option(DataConfig.background, "what the dataset's transparent pixels, and those of PNG "
+                             "samples, are painted on (with --samples; as the run was trained on)",
+                             choices=("white", "black"))
+    crop: bool = option(DataConfig.crop, "crop a folder dataset's images to their centred square (with "
+                        "--samples; as the run was trained on)")
     n: int = option(10_000, "samples to draw from the run")
     seed: int = option(0, "seed for sampling and metric subsets")
     features: str | None = option(None, "the features to measure in: classifier, contrastive (self-supervised), "
@@ -247,8 +253,10 @@ def eval_command(opts: EvalOptions, log=print) -> dict:
                               "and samples them; leave out --channels (or evaluate a run trained on the channels you want)")
         return evaluate_run(opts.run, n=opts.n, seed=opts.seed, features=opts.features,
                             ppl_samples=opts.ppl_samples, log=log)
-    data = DataConfig(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size, channels=opts.channels)
-    images = load_samples_file(opts.samples, load_dataset(with_split(data, "train")).shape[0])
+    data = DataConfig(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
+                      channels=opts.channels, background=opts.background, crop=opts.crop)
+    channels = load_dataset(with_split(data, "train")).shape[0]
+    images = load_samples_file(opts.samples, channels, opts.background)
     result = evaluate(images, data=data, features=opts.features, resize=opts.resize, seed=opts.seed, log=log)
     return {**result, "samples": opts.samples}
 

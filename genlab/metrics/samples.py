@@ -8,20 +8,25 @@ from pathlib import Path
 import torch
 
 from genlab.config import MIN_EVAL_SAMPLES
-from genlab.data.convert import resize, to_channels
+from genlab.data.convert import IMAGE_SUFFIXES, flatten_alpha, resize, to_channels
 from genlab.errors import GenlabError
 
 
 def prepare_samples(images, shape: tuple[int, int, int], resize: bool = False, source: str = "samples") -> torch.Tensor:
     """Check and convert samples to uint8 [N, C, H, W] of the extractor's `shape`.
 
-    Accepts uint8 (or other integers in 0..255) and floats in [0, 1], as [N, H, W] or [N, C, H, W].
-    A different size or channel count is an error unless `resize` asks for a conversion."""
+    Accepts uint8 (or other integers in 0..255) and floats in [0, 1], as [N, H, W] or [N, C, H, W], or
+    channels last, [N, H, W, C] with C 1 or 3 (as PIL, numpy and TensorFlow keep images), where the
+    layout is not in doubt. A different size or channel count is an error unless `resize` asks for a
+    conversion."""
     x = torch.as_tensor(images)
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4:
-        raise GenlabError(f"{source}: expected images [N, H, W] or [N, C, H, W], got shape {tuple(x.shape)}")
+        raise GenlabError(f"{source}: expected images [N, H, W], [N, C, H, W] or [N, H, W, C], got shape "
+                          f"{tuple(x.shape)}")
+    if x.shape[3] in (1, 3) and x.shape[1] not in (1, 3):  # channels last
+        x = x.permute(0, 3, 1, 2)
     if len(x) < MIN_EVAL_SAMPLES:
         raise GenlabError(f"{source}: {len(x)} image(s); the metrics need at least {MIN_EVAL_SAMPLES} "
                           "(10,000 is usual)")
@@ -54,20 +59,21 @@ def resize_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     return resize(to_channels(x, c), h)
 
 
-def load_samples_file(path: str | Path, channels: int) -> torch.Tensor:
-    """Images from an .npz (array `images`), an .npy array, or a folder of PNG/JPEG files."""
+def load_samples_file(path: str | Path, channels: int, background: str = "white") -> torch.Tensor:
+    """Images from an .npz (array `images`), an .npy array, or a folder of image files (transparent
+    pixels painted on `background`, as the dataset's own are)."""
     import zipfile
 
     import numpy as np
 
     path = Path(path)
     if path.is_dir():
-        return _load_png_folder(path, channels)
+        return _load_png_folder(path, channels, background)
     if not path.is_file():
         raise GenlabError(f"samples file {path} does not exist")
     if path.stat().st_size == 0:
         raise GenlabError(f"samples file {path} is empty; generate the samples again")
-    takes = "--samples takes an .npz file (array `images`), an .npy array or a folder of PNG/JPEG images"
+    takes = "--samples takes an .npz file (array `images`), an .npy array or a folder of images"
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise GenlabError(f"{path} is one image; {takes}: put the images in a folder and pass the folder")
     with open(path, "rb") as f:
@@ -88,22 +94,20 @@ def load_samples_file(path: str | Path, channels: int) -> torch.Tensor:
                           "save samples with numpy.savez") from None
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-
-
-def _load_png_folder(folder: Path, channels: int) -> torch.Tensor:
+def _load_png_folder(folder: Path, channels: int, background: str) -> torch.Tensor:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise GenlabError(f"samples folder {folder} holds no PNG/JPEG images")
+        raise GenlabError(f"samples folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     arrays = []
     for p in files:
         try:
             with Image.open(p) as img:
-                arrays.append(np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as err:
+                rgb = flatten_alpha(img, background)
+                arrays.append(np.asarray(rgb.convert("L") if channels == 1 else rgb, dtype=np.uint8))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise GenlabError(f"{p} is not a readable image ({err})") from None
     if len({a.shape for a in arrays}) > 1:
         raise GenlabError(f"images in {folder} have different sizes; make them one size")

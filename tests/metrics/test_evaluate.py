@@ -13,7 +13,7 @@ from genlab.errors import GenlabError
 from genlab.metrics import evaluate as E
 from genlab.metrics import reference
 from genlab.metrics.model_metrics import ppl
-from genlab.metrics.samples import load_samples_file
+from genlab.metrics.samples import load_samples_file, prepare_samples
 from tests.conftest import tiny_config
 
 
@@ -168,7 +168,8 @@ def test_reconstructions_are_scored_beside_their_own_floor(small_extractor, test
     (np.full((10, 28, 28), 2.0, np.float32), "float images must lie in \\[0, 1\\]"),
     (np.zeros((1, 28, 28), np.uint8), "1 image\\(s\\); the metrics need at least 6"),
     (np.zeros((5, 28, 28), np.uint8), "5 image\\(s\\); the metrics need at least 6"),
-    (np.zeros((10, 784), np.uint8), "expected images \\[N, H, W\\] or \\[N, C, H, W\\]"),
+    (np.zeros((10, 784), np.uint8), "expected images \\[N, H, W\\], \\[N, C, H, W\\] or \\[N, H, W, C\\]"),
+    (np.zeros((10, 28, 28, 3), np.uint8), "images are 3x28x28"),  # channels last, read as such
 ])
 def test_bad_samples(small_extractor, images, message):
     with pytest.raises(GenlabError, match=message):
@@ -190,6 +191,57 @@ def test_extractor_of_another_dataset_is_refused(small_extractor, tmp_path):
     (other / "spec.json").write_text(json.dumps(spec))
     with pytest.raises(GenlabError, match="was trained on fashion-mnist, not mnist-sample"):
         ev(np.zeros((10, 28, 28), np.uint8), small_extractor.__class__(small_extractor.net, spec, other))
+
+
+def test_channels_last_samples_are_read_as_such():
+    """[N, H, W, C] arrays (PIL's and numpy's layout) are turned to [N, C, H, W], not refused or
+    scrambled; an array whose layout is in doubt is taken as [N, C, H, W]."""
+    rgb = torch.randint(0, 256, (6, 3, 28, 28), dtype=torch.uint8)
+    assert torch.equal(prepare_samples(rgb.permute(0, 2, 3, 1).numpy(), (3, 28, 28)), rgb)
+    assert torch.equal(prepare_samples(rgb[:, :1].permute(0, 2, 3, 1), (1, 28, 28)), rgb[:, :1])
+    assert torch.equal(prepare_samples(rgb[:, :, :3, :3], (3, 3, 3)), rgb[:, :, :3, :3])  # 3x3x3: as given
+
+
+def test_transparent_png_samples_are_painted_on_the_datasets_background(tmp_path):
+    """A folder of RGBA samples is read as the data is: transparent pixels on --background, not the
+    colour that happens to sit under them."""
+    from PIL import Image
+
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[..., 0] = 255  # red, but transparent ...
+    rgba[:3, :, 3] = 255  # ... except the top half
+    for i in range(6):
+        Image.fromarray(rgba, "RGBA").save(tmp_path / f"{i}.png")
+    white = load_samples_file(tmp_path, 3)[0]
+    black = load_samples_file(tmp_path, 3, "black")[0]
+    assert white[:, :3].tolist() == black[:, :3].tolist()  # opaque red either way
+    assert (white[0, :3] == 255).all() and (black[0, :3] == 255).all()
+    assert (white[:, 3:] == 255).all() and (black[:, 3:] == 0).all()
+    assert (load_samples_file(tmp_path, 1)[0, 0, 3:] == 255).all()  # grey: white too
+
+
+def test_eval_samples_reads_the_data_as_the_run_was_trained(monkeypatch):
+    """`genlab eval --samples` passes --background and --crop to both sides: the folder dataset it
+    compares with, and the PNG samples it reads."""
+    import genlab.metrics.evaluate as evaluate_module
+    from genlab.config import parse_command
+    from genlab.metrics.evaluate import EvalOptions, eval_command
+
+    seen = {}
+    monkeypatch.setattr(evaluate_module, "load_dataset", lambda data: seen.update(data=data) or _ColourData)
+    monkeypatch.setattr(evaluate_module, "load_samples_file",
+                        lambda path, channels, background: seen.update(read=(channels, background)) or "imgs")
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda images, data, **kw: seen.update(scored=(images, data)) or {})
+    opts = parse_command("genlab eval", EvalOptions, ["--samples", "pngs", "--dataset", "folder", "--data-dir", "d",
+                                                      "--background", "black", "--crop"], "")
+    eval_command(opts, log=lambda *a: None)
+    assert seen["data"].background == "black" and seen["data"].crop and seen["data"].split == "train"
+    assert seen["read"] == (3, "black")
+    assert seen["scored"][0] == "imgs" and seen["scored"][1].background == "black" and seen["scored"][1].crop
+
+
+class _ColourData:  # what eval_command asks of the loaded data: its shape
+    shape = (3, 28, 28)
 
 
 def test_samples_files(tmp_path):
