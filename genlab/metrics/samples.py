@@ -44,8 +44,9 @@ def prepare_samples(images, shape: tuple[int, int, int], resize: bool = False, s
         x = x.to(torch.uint8)
     if tuple(x.shape[1:]) != tuple(shape):
         if not resize:
+            at_size = f" (or --image-size {x.shape[-1]} to measure at theirs)" if x.shape[-1] != shape[-1] else ""
             raise GenlabError(f"{source}: images are {'x'.join(map(str, x.shape[1:]))} (CxHxW) but the "
-                              f"dataset's are {'x'.join(map(str, shape))}; pass --resize to convert them")
+                              f"dataset's are {'x'.join(map(str, shape))}; pass --resize to convert them{at_size}")
         x = resize_images(x, shape)
     return x
 

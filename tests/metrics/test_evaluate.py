@@ -162,8 +162,9 @@ def test_reconstructions_are_scored_beside_their_own_floor(small_extractor, test
 
 
 @pytest.mark.parametrize("images, message", [
-    (np.zeros((10, 1, 30, 30), np.uint8), "images are 1x30x30 .* dataset's are 1x28x28; pass --resize"),
-    (np.zeros((10, 3, 28, 28), np.uint8), "images are 3x28x28"),
+    (np.zeros((10, 1, 30, 30), np.uint8), "images are 1x30x30 .* dataset's are 1x28x28; pass --resize to convert "
+                                          "them \\(or --image-size 30 to measure at theirs\\)"),
+    (np.zeros((10, 3, 28, 28), np.uint8), "images are 3x28x28 .* 1x28x28; pass --resize to convert them$"),
     (np.full((10, 28, 28), np.nan, np.float32), "10 image\\(s\\) contain NaN"),
     (np.full((10, 28, 28), 2.0, np.float32), "float images must lie in \\[0, 1\\]"),
     (np.zeros((1, 28, 28), np.uint8), "1 image\\(s\\); the metrics need at least 6"),
