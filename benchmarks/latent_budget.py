@@ -68,7 +68,8 @@ LONGER = {"configs/latent-transformer-mnist-sample.yaml": ("--dropout", "0.2"), 
           # at 30 minutes the prior converges far enough for a decay to pay (at 5 it costs ~4 FID)
           "configs/latent-diffusion-fashion.yaml": ("--lr-decay", "cosine"),
           # 30 min on 4,000 digits copies (C_T -4.18); dropout 0.1 in the U-Net, one run by hand: held-out
-          # FID 25.6 -> 24.2, C_T -3.16, training-split FID 9.4 -> 7.3 (benchmarks/results/latent_budget.md)
+          # FID 25.6 -> 24.2, C_T -3.16, training-split FID 9.4 -> 7.3; the row with it: 25.5, -3.21, 8.1
+          # (benchmarks/results/latent_budget.md)
           "configs/latent-diffusion-mnist-sample.yaml": ("--dropout", "0.1")}
 
 
