@@ -66,6 +66,19 @@ def flatten_alpha(image, background: str):
     return image.convert("RGB")
 
 
+def read_rgb(source, background: str, name=None, fix: str = ""):
+    """An image file (a path or a binary file object) as a PIL image in RGB, transparent pixels
+    painted on `background`; one that cannot be decoded is a GenlabError naming it (`name`, else
+    `source`) and ending in `fix`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(source) as img:
+            return flatten_alpha(img, background)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise GenlabError(f"{name or source} is not a readable image ({err}){fix}") from None
+
+
 def has_colour(rgb: np.ndarray) -> bool:
     """Whether an RGB array [H, W, 3] is more than grey (any pixel with unequal channels)."""
     return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())

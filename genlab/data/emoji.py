@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from genlab.config import DataConfig
-from genlab.data.convert import flatten_alpha
+from genlab.data.convert import read_rgb
 from genlab.data.imageset import ImageSet
 from genlab.errors import GenlabError
 from genlab.paths import cache_dir
@@ -115,8 +115,6 @@ def check_tarball(path: Path) -> None:
 
 
 def load_emoji(cfg: DataConfig) -> ImageSet:
-    from PIL import Image, UnidentifiedImageError
-
     path = locate(cfg)
     if path.is_file():
         check_tarball(path)
@@ -128,11 +126,9 @@ def load_emoji(cfg: DataConfig) -> ImageSet:
     chosen = [e for e in entries(catalogue) if in_test_split(e[2]) == (cfg.split == "test")]
     images, labels = [], []
     for file, category, _ in chosen:
-        try:
-            with Image.open(io.BytesIO(reader.read(IMAGES + file))) as img:
-                images.append(np.asarray(flatten_alpha(img, cfg.background), dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as err:
-            raise GenlabError(f"{IMAGES + file} in {path} is not a readable image ({err})") from None
+        name = IMAGES + file
+        image = read_rgb(io.BytesIO(reader.read(name)), cfg.background, name=f"{name} in {path}")
+        images.append(np.asarray(image, dtype=np.uint8))
         labels.append(CATEGORIES.index(category))
     if not images:
         raise GenlabError(f"{path} holds no emoji images of the nine categories; {INSTALL}")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from genlab.config import DataConfig
-from genlab.data.convert import IMAGE_SUFFIXES, centre_crop, flatten_alpha, has_colour
+from genlab.data.convert import IMAGE_SUFFIXES, centre_crop, has_colour, read_rgb
 from genlab.data.download import download
 from genlab.data.idx import read_idx
 from genlab.data.imageset import ImageSet
@@ -182,19 +182,14 @@ def folder_split(n: int, split: str) -> list[int]:
 def _read_image(path: Path, size: int, background: str, crop: bool) -> np.ndarray:
     """One image as uint8 RGB [size, size, 3]: alpha painted on `background`, optionally cropped to
     its centred square, resized with the one filter (genlab.data.convert)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            img = flatten_alpha(img, background)
-            if crop:
-                img = centre_crop(img)
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise GenlabError(f"{path} is not a readable image ({err}); remove it from the folder "
-                          "or replace it") from None
+    img = read_rgb(path, background, fix="; remove it from the folder or replace it")
+    if crop:
+        img = centre_crop(img)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def load_folder(cfg: DataConfig) -> ImageSet:

@@ -16,7 +16,7 @@ import torch
 from genlab.config import CHANNELS, MIN_EVAL_SAMPLES, DataConfig, option
 from genlab.core.run import Run
 from genlab.data import load_dataset, with_split
-from genlab.data.convert import FILTER
+from genlab.data.convert import BACKGROUNDS, FILTER
 from genlab.errors import GenlabError
 from genlab.generate import labels_for, load_run, sample_from
 from genlab.metrics import scores
@@ -60,7 +60,7 @@ class EvalOptions:
                            "(a run of another channel count is refused)", choices=CHANNELS)
     background: str = option(DataConfig.background, "what the dataset's transparent pixels, and those of PNG "
                              "samples, are painted on (with --samples; as the run was trained on)",
-                             choices=("white", "black"))
+                             choices=tuple(BACKGROUNDS))
     crop: bool = option(DataConfig.crop, "crop a folder dataset's images to their centred square (with "
                         "--samples; as the run was trained on)")
     n: int = option(10_000, "samples to draw from the run")

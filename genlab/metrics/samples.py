@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from genlab.config import MIN_EVAL_SAMPLES
-from genlab.data.convert import IMAGE_SUFFIXES, flatten_alpha, resize, to_channels
+from genlab.data.convert import IMAGE_SUFFIXES, read_rgb, resize, to_channels
 from genlab.errors import GenlabError
 
 
@@ -97,19 +97,13 @@ def load_samples_file(path: str | Path, channels: int, background: str = "white"
 
 def _load_png_folder(folder: Path, channels: int, background: str) -> torch.Tensor:
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise GenlabError(f"samples folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     arrays = []
     for p in files:
-        try:
-            with Image.open(p) as img:
-                rgb = flatten_alpha(img, background)
-                arrays.append(np.asarray(rgb.convert("L") if channels == 1 else rgb, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise GenlabError(f"{p} is not a readable image ({err})") from None
+        rgb = read_rgb(p, background)
+        arrays.append(np.asarray(rgb.convert("L") if channels == 1 else rgb, dtype=np.uint8))
     if len({a.shape for a in arrays}) > 1:
         raise GenlabError(f"images in {folder} have different sizes; make them one size")
     stacked = torch.from_numpy(np.stack(arrays))
