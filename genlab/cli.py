@@ -122,9 +122,11 @@ def cmd_compare(argv: list[str]) -> int:
     from genlab.report.html import CompareOptions, compare_runs
 
     opts = parse_command("genlab compare", CompareOptions, argv, COMMANDS["compare"])
-    out, table = compare_runs(opts.runs, opts.out, opts.samples)
+    out, table, notes = compare_runs(opts.runs, opts.out, opts.samples)
     if opts.markdown:
         print(table)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     print(f"wrote {out}")
     return 0
 

@@ -263,6 +263,7 @@ def run_row(run: Run) -> dict:
     row = {"run": run.name, "path": str(run.path), "model": meta.get("model"), "dataset": meta.get("dataset"),
            "steps": meta.get("steps"), "minutes": (meta.get("seconds") or 0) / 60, "img_per_s": meta.get("img_per_s")}
     row.update({k: result["metrics"].get(k, {}).get("value") for k in COLUMNS})
+    row["features"], row["n"] = result.get("features"), result.get("n")  # what the scores mean: see comparability
     error = human_scores(run.read_lines(Run.RATINGS), run.name).get("error_rate")
     row["human"] = (f"{error['value']:.0%} [{error['low']:.0%}, {error['high']:.0%}], {error['votes']} votes"
                     if error else "-")
@@ -271,10 +272,48 @@ def run_row(run: Run) -> dict:
 
 def compare_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["run", "model", "dataset", "budget", "img/s", "FID", "FID held-out", "KID", "IS", "precision", "recall",
-            "recall held-out", "coverage", "copying C_T", "NLL (nats)", "human error rate"]
+            "recall held-out", "coverage", "copying C_T", "NLL (nats)", "human error rate", "scored in (samples)"]
     body = [[r["run"], r["model"], r["dataset"], f"{r['minutes']:.1f} min, {r['steps']} steps", fmt(r["img_per_s"]),
-             *[fmt(r[k]) for k in COLUMNS], r["human"]] for r in rows]
+             *[fmt(r[k]) for k in COLUMNS], r["human"],
+             f"{r['features']} ({r['n']:,})" if r["features"] and r["n"] else "-"] for r in rows]
     return head, body
+
+
+def comparability(rows: list[dict]) -> list[str]:
+    """Why some of the evaluated runs' scores cannot be ranked against each other: FID, KID, precision
+    and recall are distances in one feature space (another extractor, or the same name's features of
+    another dataset, measures something else), and FID falls as more samples are scored."""
+    scored = [r for r in rows if r["fid"] is not None]
+    notes = []
+    spaces = sorted({space(r) for r in scored})
+    if len(spaces) > 1:
+        groups = "; ".join(f"{name}: " + ", ".join(r["run"] for r in scored if space(r) == name) for name in spaces)
+        notes.append(f"These runs were scored in {len(spaces)} different feature spaces ({groups}): their FID, "
+                     "KID, precision and recall are distances to different data or in different features and rank "
+                     "only within one. The table ranks each one's runs by FID. To rank them all, evaluate them "
+                     "on one dataset with the same --features.")
+    counts = sorted({r["n"] for r in scored if r["n"]})
+    if len(counts) > 1:
+        notes.append(f"These runs were scored with different numbers of samples ({', '.join(f'{n:,}' for n in counts)}): "
+                     "FID falls as more samples are scored, so a run scored with more looks better than it is "
+                     "beside one scored with fewer. Evaluate them with the same --n.")
+    return notes
+
+
+def space(row: dict) -> str:
+    """Where a run's scores were measured: its feature extractor (an extractor of one's own, named by
+    file hash, may have scored runs of several datasets)."""
+    return f"{row['features'] or '?'} on {row['dataset']}"
+
+
+def ranked(rows: list[dict]) -> list[dict]:
+    """Evaluated runs by FID, grouped by feature space (the group with the best FID first),
+    unevaluated runs last."""
+    best: dict = {}
+    for r in rows:
+        if r["fid"] is not None:
+            best[space(r)] = min(best.get(space(r), r["fid"]), r["fid"])
+    return sorted(rows, key=lambda r: (r["fid"] is None, best.get(space(r), 0), space(r), r["fid"] or 0))
 
 
 def markdown_table(head: list[str], body: list[list[str]]) -> str:
@@ -294,20 +333,22 @@ def side_by_side(runs: list[Run], n: int = 16, seed: int = 0) -> list[tuple[str,
 
 def compare_runs(runs: list[str | Path], out: str | Path = CompareOptions.out,
                  samples: int = CompareOptions.samples) -> tuple[Path, str]:
-    """Write the comparison page of `runs` (sorted by FID, unevaluated runs last); returns the page
-    and the table as markdown."""
+    """Write the comparison page of `runs` (sorted by FID, unevaluated runs last); returns the page,
+    the table as markdown and the sentences that say which of its scores do not compare."""
     CompareOptions([str(r) for r in runs], str(out), samples=samples).validate()
     opened = [Run.open(r) for r in runs]
     for run in opened:
         run.weights()  # refuses a run that has not finished
-    rows = sorted((run_row(r) for r in opened), key=lambda r: (r["fid"] is None, r["fid"] or 0))
+    rows = ranked([run_row(r) for r in opened])
     head, body = compare_table(rows)
+    notes = comparability(rows)
     out = Path(out)
     files = out.parent / f"{out.stem}_files"
     sections = [f"<h1>genlab comparison of {len(rows)} runs</h1>",
                 section("table", "Runs, best FID first", table_html(body, head)
                         + "<p>Each run's metrics come from its eval.json (`genlab eval RUN`); a dash: not evaluated "
-                          "or not defined for the family.</p>")]
+                          "or not defined for the family.</p>"
+                        + "".join(f'<div class="diag">{html.escape(note)}</div>' for note in notes))]
     scored = [r for r in rows if r["fid"] is not None]
     if scored:
         path = plot_file(files, "quality_vs_time")
@@ -318,4 +359,4 @@ def compare_runs(runs: list[str | Path], out: str | Path = CompareOptions.out,
     figs = "".join(figure(png, name) for name, png in side_by_side([Run(r["path"]) for r in rows], samples))
     sections.append(section("samples", "Samples side by side", f"<p>{samples} samples from each run, seed 0.</p>" + figs))
     _write(out, page("genlab comparison", sections))
-    return out, markdown_table(head, body)
+    return out, markdown_table(head, body), notes

@@ -220,10 +220,11 @@ class Logger(Callback):
         if state.step % self.cfg.log_every == 0:
             self.flush(trainer)
         if state.step % trainer.per_epoch == 0:
-            last = self.history[-1] if self.history else {}
-            self.say(f"epoch {state.epoch}: step {state.step}, " + ", ".join(
+            # the last logged line; before the first one (epochs shorter than --log-every) the means so far
+            last = self.history[-1] if self.history else {k: self.sums[k] / self.counts[k] for k in self.sums}
+            self.say(", ".join([f"epoch {state.epoch}: step {state.step}"] + [
                 f"{k} {v:.0f}" if k == "img_per_s" else f"{k} {v:.3f}"
-                for k, v in last.items() if k not in ("step", "epoch", "images", "time")))
+                for k, v in last.items() if k not in ("step", "epoch", "images", "time")]))
 
     def flush(self, trainer) -> None:
         if not self.counts:

@@ -98,6 +98,39 @@ def test_compare_sorts_by_fid_and_shows_samples_side_by_side(runs, tmp_path, cap
     assert (tmp_path / "c_files" / "quality_vs_time.png").is_file()
 
 
+def test_compare_says_which_scores_do_not_rank(runs, tmp_path, capsys):
+    import torch
+
+    class Pool(torch.nn.Module):  # another extractor: 4x4 average pooling of the pixels
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+    torch.jit.save(torch.jit.script(Pool()), tmp_path / "pool.pt")
+    other = tmp_path / "vae-pooled"
+    shutil.copytree(runs["vae"], other)
+    assert main(["eval", str(other), "--n", "100", "--features", str(tmp_path / "pool.pt"), "--ppl-samples", "20"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "c.html"
+    assert main(["compare", str(runs["vae"]), str(other), str(runs["dcgan"]), "--out", str(out), "--markdown",
+                 "--samples", "4"]) == 0
+    captured = capsys.readouterr()
+    rows = [line.split(" | ") for line in captured.out.splitlines() if line.startswith("| ") and "FID" not in line]
+    scored_in = [r[-1].rstrip(" |") for r in rows]
+    same = [s for s in scored_in if s.endswith("(200)")]
+    assert len(same) == 2 and len(set(same)) == 1 and not same[0].startswith("torchscript-")
+    assert sum(s.startswith("torchscript-") and s.endswith("(100)") for s in scored_in) == 1
+    # the two runs scored in one extractor sit together, ranked by FID
+    fids = [float(r[5]) for r in rows if r[-1].rstrip(" |").endswith("(200)")]
+    assert fids == sorted(fids) and not rows[1][-1].startswith("torchscript-")
+    assert "warning: These runs were scored in 2 different feature spaces (mnist-sample-" in captured.err
+    assert "warning: These runs were scored with different numbers of samples (100, 200)" in captured.err
+    text = out.read_text()
+    assert "rank only within one" in text and "Evaluate them with the same --n" in text
+    # one extractor and one sample count: nothing to warn about
+    assert main(["compare", str(runs["vae"]), str(runs["dcgan"]), "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err and "rank only within" not in out.read_text()
+
+
 def test_report_bad_input(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a genlab run folder" in capsys.readouterr().err
