@@ -66,7 +66,7 @@ class EvalOptions:
     n: int = option(10_000, "samples to draw from the run")
     seed: int = option(0, "seed for sampling and metric subsets")
     features: str | None = option(None, "the features to measure in: classifier, contrastive (self-supervised), "
-                                  "a genlab extractor folder, or your TorchScript module FILE.pt (default: the "
+                                  "a genlab extractor folder, or your own module: TorchScript FILE.pt or torch.export FILE.pt2 (default: the "
                                   "classifier, or the contrastive extractor for a dataset without labels)")
     resize: bool = option(False, "resize samples of another size or channel count")
     ppl_samples: int = option(2000, "latent pairs for perceptual path length")
@@ -83,8 +83,8 @@ class EvalOptions:
 
 def open_extractor(data_cfg: DataConfig, features=None, log=print) -> Extractor:
     """The extractor `features` names: `classifier` or `contrastive` (genlab's, cached), a genlab
-    extractor folder (checked to be of the same dataset), or a TorchScript .pt file; by default the
-    classifier, or the contrastive extractor when the dataset has no labels."""
+    extractor folder (checked to be of the same dataset), or a TorchScript .pt / torch.export .pt2
+    file; by default the classifier, or the contrastive extractor when the dataset has no labels."""
     if features in (None, "", "auto"):
         labelled = load_dataset(with_split(data_cfg, "train")).num_classes >= 2
         features = "classifier" if labelled else "contrastive"

@@ -7,7 +7,7 @@ measures samples in the feature space of its own network of the dataset (128 num
   Score and class coverage;
 - `contrastive`: the same network's body trained without labels (genlab.metrics.contrastive), for a
   dataset that has none;
-- `torchscript`: a user's own module (genlab.metrics.torchscript), e.g. InceptionV3 exported elsewhere.
+- `torchscript` / `export`: a user's own module (genlab.metrics.torchscript), e.g. InceptionV3 exported elsewhere.
 
 genlab's extractors are trained with a fixed seed and recipe on the training split and cached under
 `<cache>/features/<dataset>-<first 8 hex of the weights' sha256>/` (`<dataset>-ssl-...` for the
@@ -107,7 +107,8 @@ class Extractor:
         if self.kind == "contrastive":
             acc = self.spec.get("probe_accuracy")
             return " (self-supervised" + ("" if acc is None else f"; linear probe accuracy {acc:.2%}") + ")"
-        return f" (your TorchScript module {self.spec.get('file')})"
+        what = "exported program" if self.kind == "export" else "TorchScript module"
+        return f" (your {what} {self.spec.get('file')})"
 
     @property
     def name(self) -> str:
@@ -206,7 +207,8 @@ def load_extractor(path: str | Path) -> Extractor:
     folder = path.parent if path.is_file() else path
     if not (folder / SPEC).is_file() or not (folder / WEIGHTS).is_file():
         raise GenlabError(f"{path} is not a genlab feature extractor (needs {SPEC} and {WEIGHTS}); "
-                          "pass the folder that genlab made under <cache>/features/, or a TorchScript .pt file")
+                          "pass the folder that genlab made under <cache>/features/, or a TorchScript .pt or "
+                          "torch.export .pt2 file")
     try:
         spec = json.loads((folder / SPEC).read_text())
         recipe, channels = spec["recipe"], spec["image_shape"][0]

@@ -57,6 +57,41 @@ def test_the_contrastive_features_tell_real_from_noise():
     assert fid(noise) > 10 * fid(real)
 
 
+def test_your_own_exported_program_features(tmp_path, capsys):
+    """torch.export's programs (torch 2.13 deprecates TorchScript): named by hash, the same features
+    as the module they were exported from, and a fixed batch size refused with the way to export."""
+    class Pool(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+    x = torch.rand(4, 1, 28, 28)
+    torch.export.save(torch.export.export(Pool(), (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}),
+                      tmp_path / "pool.pt2")
+    torch.jit.save(torch.jit.script(Pool()), tmp_path / "pool.pt")
+    images = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "s.npz", images=images)
+    scores = {}
+    for name in ("pool.pt2", "pool.pt"):
+        assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--dataset", "mnist-sample",
+                     "--features", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out
+        scores[name] = next(line.split()[1] for line in out.splitlines() if line.startswith("fid "))
+        kind = "export" if name.endswith("2") else "torchscript"
+        assert f"features {kind}-" in out and ("exported program" in out) == (kind == "export")
+    assert scores["pool.pt2"] == scores["pool.pt"]  # the same features either way
+
+    torch.export.save(torch.export.export(Pool(), (x,)), tmp_path / "fixed.pt2")
+    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--dataset", "mnist-sample",
+                 "--features", str(tmp_path / "fixed.pt2")]) == 2
+    err = capsys.readouterr().err
+    assert "exported extractor" in err and "fails on 2 images" in err and "dynamic_shapes" in err
+    damaged = (tmp_path / "pool.pt2").read_bytes()
+    (tmp_path / "cut.pt2").write_bytes(damaged[:len(damaged) // 2])
+    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--dataset", "mnist-sample",
+                 "--features", str(tmp_path / "cut.pt2")]) == 2
+    assert "nor an exported program; save one with torch.jit.save or torch.export.save" in capsys.readouterr().err
+
+
 def test_your_own_torchscript_features(tmp_path, capsys):
     class Pool(torch.nn.Module):
         def forward(self, x):
