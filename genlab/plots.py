@@ -63,13 +63,25 @@ def plot_metric_history(history: list[dict], path: str | Path) -> None:
 
 
 def plot_quality_vs_time(rows: list[dict], path: str | Path) -> None:
-    """Each run's FID against its minutes of training (log scale), labelled by run."""
+    """Each run's FID against its minutes of training (log scale), labelled by run; runs scored in
+    different feature spaces (rows' optional "space") in different colours, named in a legend."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        ax.scatter(r["minutes"], r["fid"], s=40)
+    spaces = list(dict.fromkeys(r.get("space") for r in rows))
+    for i, name in enumerate(spaces):
+        group = [r for r in rows if r.get("space") == name]
+        ax.scatter([r["minutes"] for r in group], [r["fid"] for r in group], s=40, color=f"C{i % 10}",
+                   label=f"scored in {name}" if len(spaces) > 1 else None)
+    middle = (min(r["minutes"] for r in rows) + max(r["minutes"] for r in rows)) / 2
+    for r in rows:  # labels left out of the layout (long run names must not squeeze the axes), and
+        right = r["minutes"] > middle  # written towards the middle, so that they stay on the figure
         ax.annotate(f"{r['run']} ({r['model']})", (r["minutes"], r["fid"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+                    xytext=(-4 if right else 4, 4), textcoords="offset points",
+                    ha="right" if right else "left").set_in_layout(False)
+    ax.margins(x=0.2, y=0.1)
+    if len(spaces) > 1:
+        ax.legend(fontsize=8, title="FID ranks only within one colour", title_fontsize=8,
+                  loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
     ax.set_xlabel("training time (minutes)")
     ax.set_ylabel("FID (lower is better)")
     ax.set_yscale("log")

@@ -352,7 +352,7 @@ def compare_runs(runs: list[str | Path], out: str | Path = CompareOptions.out,
     scored = [r for r in rows if r["fid"] is not None]
     if scored:
         path = plot_file(files, "quality_vs_time")
-        plots.plot_quality_vs_time(scored, path)
+        plots.plot_quality_vs_time([{**r, "space": space(r)} for r in scored], path)
         sections.append(section("quality", "Quality versus training time", figure(path.read_bytes(), "FID against minutes of training")))
     else:
         sections.append(section("quality", "Quality versus training time", missing("No run has been evaluated.")))
