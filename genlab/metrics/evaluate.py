@@ -66,8 +66,9 @@ class EvalOptions:
     n: int = option(10_000, "samples to draw from the run")
     seed: int = option(0, "seed for sampling and metric subsets")
     features: str | None = option(None, "the features to measure in: classifier, contrastive (self-supervised), "
-                                  "a genlab extractor folder, or your own module: TorchScript FILE.pt or torch.export FILE.pt2 (default: the "
-                                  "classifier, or the contrastive extractor for a dataset without labels)")
+                                  "a genlab extractor folder, or your own module: TorchScript FILE.pt or "
+                                  "torch.export FILE.pt2 (default: the classifier, or the contrastive extractor "
+                                  "for a dataset without labels)")
     resize: bool = option(False, "resize samples of another size or channel count")
     ppl_samples: int = option(2000, "latent pairs for perceptual path length")
     json: str | None = option(None, "also write the result as JSON to this file")

@@ -29,15 +29,19 @@ EXPORT_HINT = ("if it was exported for one batch size, export it with a dynamic 
 
 
 class Exported(nn.Module):
-    """An exported program as a module: its graph is called as exported (eval or train mode is fixed
-    at export time, and its own module refuses .eval()), so it is held outside the module tree."""
+    """An exported program as a module. Its mode (eval or train) was fixed when it was exported and
+    its graph refuses .eval(), so .train()/.eval() stop here; .double() and .to() reach its weights."""
 
     def __init__(self, program):
         super().__init__()
-        self._graph = (program.module(),)  # a tuple: not a submodule, so .eval() does not reach it
+        self.graph = program.module()
+
+    def train(self, mode: bool = True) -> "Exported":
+        self.training = mode
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._graph[0](x)
+        return self.graph(x)
 
 
 def is_exported_program(path: Path) -> bool:

@@ -294,15 +294,16 @@ def comparability(rows: list[dict]) -> list[str]:
                      "on one dataset with the same --features.")
     counts = sorted({r["n"] for r in scored if r["n"]})
     if len(counts) > 1:
-        notes.append(f"These runs were scored with different numbers of samples ({', '.join(f'{n:,}' for n in counts)}): "
-                     "FID falls as more samples are scored, so a run scored with more looks better than it is "
-                     "beside one scored with fewer. Evaluate them with the same --n.")
+        listed = ", ".join(f"{n:,}" for n in counts)
+        notes.append(f"These runs were scored with different numbers of samples ({listed}): FID falls as more "
+                     "samples are scored, so a run scored with more looks better than it is beside one scored "
+                     "with fewer. Evaluate them with the same --n.")
     return notes
 
 
 def space(row: dict) -> str:
-    """Where a run's scores were measured: its feature extractor (an extractor of one's own, named by
-    file hash, may have scored runs of several datasets)."""
+    """Where a run's scores were measured: its features and the dataset compared with (an extractor
+    of one's own, named by its file's hash, can score runs of several datasets)."""
     return f"{row['features'] or '?'} on {row['dataset']}"
 
 

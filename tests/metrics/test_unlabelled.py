@@ -11,7 +11,8 @@ from genlab.cli import main
 from genlab.config import DataConfig
 from genlab.metrics import contrastive
 from genlab.metrics import evaluate as E
-from tests.conftest import write_colour_folder
+from genlab.training.trainer import train
+from tests.conftest import tiny_config, write_colour_folder
 
 QUICK = contrastive.ContrastiveRecipe(steps=40, batch_size=32)
 
@@ -60,14 +61,19 @@ def test_the_contrastive_features_tell_real_from_noise():
 def test_your_own_exported_program_features(tmp_path, capsys):
     """torch.export's programs (torch 2.13 deprecates TorchScript): named by hash, the same features
     as the module they were exported from, and a fixed batch size refused with the way to export."""
-    class Pool(torch.nn.Module):
-        def forward(self, x):
-            return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+    class Pool(torch.nn.Module):  # with weights of its own, so that a float64 copy must convert them
+        def __init__(self):
+            super().__init__()
+            self.project = torch.nn.Linear(16, 8)
 
-    x = torch.rand(4, 1, 28, 28)
-    torch.export.save(torch.export.export(Pool(), (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}),
+        def forward(self, x):
+            return self.project(torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+
+    torch.manual_seed(0)
+    pool, x = Pool().eval(), torch.rand(4, 1, 28, 28)
+    torch.export.save(torch.export.export(pool, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}),
                       tmp_path / "pool.pt2")
-    torch.jit.save(torch.jit.script(Pool()), tmp_path / "pool.pt")
+    torch.jit.save(torch.jit.script(pool), tmp_path / "pool.pt")
     images = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
     np.savez(tmp_path / "s.npz", images=images)
     scores = {}
@@ -79,8 +85,15 @@ def test_your_own_exported_program_features(tmp_path, capsys):
         kind = "export" if name.endswith("2") else "torchscript"
         assert f"features {kind}-" in out and ("exported program" in out) == (kind == "export")
     assert scores["pool.pt2"] == scores["pool.pt"]  # the same features either way
+    # a run with a latent space: perceptual path length runs the extractor in float64
+    run = train(tiny_config(tmp_path / "gan", steps=2))
+    ppl = {}
+    for name in ("pool.pt2", "pool.pt"):
+        assert main(["eval", str(run), "--n", "50", "--ppl-samples", "20", "--features", str(tmp_path / name)]) == 0
+        ppl[name] = next(line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("ppl "))
+    assert ppl["pool.pt2"] == ppl["pool.pt"] and float(ppl["pool.pt"]) > 0
 
-    torch.export.save(torch.export.export(Pool(), (x,)), tmp_path / "fixed.pt2")
+    torch.export.save(torch.export.export(pool, (x,)), tmp_path / "fixed.pt2")
     assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--dataset", "mnist-sample",
                  "--features", str(tmp_path / "fixed.pt2")]) == 2
     err = capsys.readouterr().err
