@@ -263,6 +263,7 @@ def run_row(run: Run) -> dict:
     row = {"run": run.name, "path": str(run.path), "model": meta.get("model"), "dataset": meta.get("dataset"),
            "steps": meta.get("steps"), "minutes": (meta.get("seconds") or 0) / 60, "img_per_s": meta.get("img_per_s")}
     row.update({k: result["metrics"].get(k, {}).get("value") for k in COLUMNS})
+    row["floors"] = {k: result["metrics"].get(k, {}).get("floor") for k in COLUMNS}  # real data's own scores
     row["features"], row["n"] = result.get("features"), result.get("n")  # what the scores mean: see comparability
     error = human_scores(run.read_lines(Run.RATINGS), run.name).get("error_rate")
     row["human"] = (f"{error['value']:.0%} [{error['low']:.0%}, {error['high']:.0%}], {error['votes']} votes"
@@ -271,10 +272,17 @@ def run_row(run: Run) -> dict:
 
 
 def compare_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    head = ["run", "model", "dataset", "budget", "img/s", "FID", "FID held-out", "KID", "IS", "precision", "recall",
-            "recall held-out", "coverage", "copying C_T", "NLL (nats)", "human error rate", "scored in (samples)"]
+    """The table's head and cells; a score with a real-data floor is written "value (floor)"."""
+    head = ["run", "model", "dataset", "budget", "img/s", "FID (floor)", "FID held-out (floor)", "KID (floor)",
+            "IS (floor)", "precision (floor)", "recall (floor)", "recall held-out (floor)", "coverage (floor)",
+            "copying C_T", "NLL (nats)", "human error rate", "scored in (samples)"]
+
+    def cell(r: dict, k: str) -> str:
+        floor = r.get("floors", {}).get(k)
+        return fmt(r[k]) if r[k] is None or floor is None else f"{fmt(r[k])} ({fmt(floor)})"
+
     body = [[r["run"], r["model"], r["dataset"], f"{r['minutes']:.1f} min, {r['steps']} steps", fmt(r["img_per_s"]),
-             *[fmt(r[k]) for k in COLUMNS], r["human"],
+             *[cell(r, k) for k in COLUMNS], r["human"],
              f"{r['features']} ({r['n']:,})" if r["features"] and r["n"] else "-"] for r in rows]
     return head, body
 

@@ -90,8 +90,10 @@ def test_compare_sorts_by_fid_and_shows_samples_side_by_side(runs, tmp_path, cap
                  "--samples", "8"]) == 0
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| ") and "FID" not in line]
-    fids = [float(r.split("|")[6]) for r in rows]
+    cells = [r.split("|")[6].split() for r in rows]  # "FID (floor)"
+    fids = [float(c[0]) for c in cells]
     assert fids == sorted(fids) and len(rows) == 2
+    assert all(len(c) == 2 and c[1] == cells[0][1] and float(c[1].strip("()")) < min(fids) for c in cells)
     page = check_page(out)
     assert page.sections == ["table", "quality", "samples"]
     assert len(page.images) == 3  # the plot and one grid per run
@@ -120,7 +122,7 @@ def test_compare_says_which_scores_do_not_rank(runs, tmp_path, capsys):
     assert len(same) == 2 and len(set(same)) == 1 and not same[0].startswith("torchscript-")
     assert sum(s.startswith("torchscript-") and s.endswith("(100)") for s in scored_in) == 1
     # the two runs scored in one extractor sit together, ranked by FID
-    fids = [float(r[5]) for r in rows if r[-1].rstrip(" |").endswith("(200)")]
+    fids = [float(r[5].split()[0]) for r in rows if r[-1].rstrip(" |").endswith("(200)")]
     assert fids == sorted(fids) and not rows[1][-1].startswith("torchscript-")
     assert "warning: These runs were scored in 2 different feature spaces (mnist-sample-" in captured.err
     assert "warning: These runs were scored with different numbers of samples (100, 200)" in captured.err
