@@ -57,6 +57,9 @@ class ServeOptions:
 
 MAX_SEED = 2**31 - 1
 MAX_QUERY = 2048  # bytes of query string accepted; longer requests get 414
+# the scores the page shows beside a run (from its eval.json), each with its real-data floor: both
+# views of FID and recall, so that a score against the training split is never shown alone
+SHOWN_METRICS = ("fid", "fid_heldout", "precision", "recall", "recall_heldout", "nll_nats")
 MAX_BODY = 16 * 1024  # bytes of body accepted (no endpoint takes one); larger get 413
 
 
@@ -68,7 +71,8 @@ class LoadedRun:
     path: Path
     model: object
     meta: dict
-    metrics: dict
+    metrics: dict  # the run's eval.json: {name: value}, and in `floors` {name: real data's own score}
+    floors: dict = field(default_factory=dict)
     config: object = None  # the run's RunConfig (its data: the held-out images of "real or fake")
     lock: threading.Lock = field(default_factory=threading.Lock)  # one request at a time per model
     _heldout: object = None
@@ -91,7 +95,7 @@ class LoadedRun:
         names = self.meta.get("class_names") or [str(i) for i in range(k or 0)]
         return {"name": self.name, "model": self.meta.get("model"), "dataset": self.meta.get("dataset"),
                 "steps": self.meta.get("steps"), "conditional": bool(k), "classes": names[:k] if k else [],
-                "interpolation": isinstance(self.model, LatentSpace), "metrics": self.metrics,
+                "interpolation": isinstance(self.model, LatentSpace), "metrics": self.metrics, "floors": self.floors,
                 "options": describe_options(self.model.sampling_defaults())}
 
 
@@ -104,8 +108,10 @@ def load_runs(paths: list[str | Path]) -> dict[str, LoadedRun]:
             raise GenlabError(f"two runs are named {run.name!r}; serve runs whose folder names differ")
         trained = load(p)
         saved = (run.eval or {}).get("metrics", {})
-        metrics = {k: saved[k]["value"] for k in ("fid", "precision", "recall", "nll_nats") if k in saved}
-        runs[run.name] = LoadedRun(run.name, p, trained.family, trained.meta, metrics, trained.config)
+        shown = [k for k in SHOWN_METRICS if saved.get(k, {}).get("value") is not None]
+        runs[run.name] = LoadedRun(run.name, p, trained.family, trained.meta, {k: saved[k]["value"] for k in shown},
+                                   {k: saved[k]["floor"] for k in shown if saved[k].get("floor") is not None},
+                                   trained.config)
     if not runs:
         raise GenlabError("give at least one run folder to serve")
     return runs
@@ -452,7 +458,8 @@ function query(extra) {
 }
 function showRun() {
   const r = current();
-  const m = Object.entries(r.metrics).map(([k, v]) => k + " " + Number(v).toPrecision(4)).join(", ");
+  const m = Object.entries(r.metrics).map(([k, v]) => k + " " + Number(v).toPrecision(4) +
+    (k in r.floors ? " (real data " + Number(r.floors[k]).toPrecision(4) + ")" : "")).join(", ");
   $("info").textContent = r.model + " on " + r.dataset + ", " + r.steps + " steps" + (m ? "; " + m : "");
   $("label-box").hidden = !r.conditional;
   $("label").innerHTML = '<option value="">all classes</option>' +

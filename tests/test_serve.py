@@ -64,6 +64,20 @@ def test_page_and_run_list(client):
     assert listed["diff"]["options"]["steps"]["default"] == 3
 
 
+def test_a_run_is_shown_with_both_views_of_its_scores_and_their_floors(runs, tmp_path, small_extractor):
+    import shutil
+
+    scored = tmp_path / "scored"
+    shutil.copytree(runs["gan"], scored)
+    assert main(["eval", str(scored), "--n", "100", "--features", str(small_extractor.path), "--ppl-samples", "10"]) == 0
+    listed = TestClient(create_app([scored, runs["vae"]])).get("/api/runs").json()["runs"]
+    shown = {r["name"]: r for r in listed}
+    assert set(shown["scored"]["metrics"]) == {"fid", "fid_heldout", "precision", "recall", "recall_heldout"}
+    assert set(shown["scored"]["floors"]) == set(shown["scored"]["metrics"])  # each beside the real data's own
+    assert shown["scored"]["floors"]["fid"] < shown["scored"]["metrics"]["fid"]  # 4 steps of a GAN: far off
+    assert shown["vae"]["metrics"] == {} and shown["vae"]["floors"] == {}  # not evaluated
+
+
 def test_generate_grids(client):
     size = png(client.get("/api/generate.png", params={"run": "gan", "seed": 3, "count": 16}))
     assert size == (3 * (2 + 8 * 30), 3 * (2 + 2 * 30))  # 8 per row, 2 rows, enlarged 3x
