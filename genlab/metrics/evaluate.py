@@ -25,10 +25,10 @@ from genlab.metrics.contrastive import get_contrastive_extractor
 from genlab.metrics.features import Extractor, get_extractor, load_extractor
 from genlab.metrics.human import describe, human_scores
 from genlab.metrics.model_metrics import likelihood, ppl
+from genlab.metrics.own_features import load_own_extractor
 from genlab.metrics.reference import (copying, floor_indices, get_reference, real_floor, score_features,
                                       split_reference)
 from genlab.metrics.samples import load_samples_file, prepare_samples
-from genlab.metrics.torchscript import load_torchscript
 from genlab.models.common import psnr
 from genlab.models.protocols import Encoder, Likelihood
 
@@ -96,7 +96,7 @@ def open_extractor(data_cfg: DataConfig, features=None, log=print) -> Extractor:
     path = Path(features)
     if path.is_file() and path.name != "extractor.safetensors":
         train = load_dataset(with_split(data_cfg, "train"))
-        return load_torchscript(path, train.shape, f"{data_cfg.dataset}-{train.checksum.split(':')[-1][:8]}")
+        return load_own_extractor(path, train.shape, f"{data_cfg.dataset}-{train.checksum.split(':')[-1][:8]}")
     extractor = load_extractor(features)
     if extractor.spec["dataset"] != data_cfg.dataset:
         raise GenlabError(f"feature extractor {extractor.name} was trained on {extractor.spec['dataset']}, "

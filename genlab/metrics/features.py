@@ -7,7 +7,8 @@ measures samples in the feature space of its own network of the dataset (128 num
   Score and class coverage;
 - `contrastive`: the same network's body trained without labels (genlab.metrics.contrastive), for a
   dataset that has none;
-- `torchscript` / `export`: a user's own module (genlab.metrics.torchscript), e.g. InceptionV3 exported elsewhere.
+- `torchscript` / `export`: a user's own module (genlab.metrics.own_features), e.g. InceptionV3 exported
+  elsewhere.
 
 genlab's extractors are trained with a fixed seed and recipe on the training split and cached under
 `<cache>/features/<dataset>-<first 8 hex of the weights' sha256>/` (`<dataset>-ssl-...` for the

@@ -72,7 +72,7 @@ def _open(path: Path) -> tuple[str, nn.Module]:
                           "save one with torch.jit.save or torch.export.save") from None
 
 
-def load_torchscript(path: str | Path, image_shape: tuple[int, int, int], data_key: str) -> Extractor:
+def load_own_extractor(path: str | Path, image_shape: tuple[int, int, int], data_key: str) -> Extractor:
     """The module at `path` (TorchScript or exported program) as an Extractor of images of
     `image_shape`; its statistics of the data named `data_key` are cached under
     <cache>/features/<kind>-<8 hex>/<data_key>/."""
