@@ -95,8 +95,8 @@ class LoadedRun:
         names = self.meta.get("class_names") or [str(i) for i in range(k or 0)]
         return {"name": self.name, "model": self.meta.get("model"), "dataset": self.meta.get("dataset"),
                 "steps": self.meta.get("steps"), "conditional": bool(k), "classes": names[:k] if k else [],
-                "interpolation": isinstance(self.model, LatentSpace), "metrics": self.metrics, "floors": self.floors,
-                "options": describe_options(self.model.sampling_defaults())}
+                "interpolation": isinstance(self.model, LatentSpace), "metrics": self.metrics,
+                "floors": self.floors, "options": describe_options(self.model.sampling_defaults())}
 
 
 def load_runs(paths: list[str | Path]) -> dict[str, LoadedRun]:
@@ -109,9 +109,9 @@ def load_runs(paths: list[str | Path]) -> dict[str, LoadedRun]:
         trained = load(p)
         saved = (run.eval or {}).get("metrics", {})
         shown = [k for k in SHOWN_METRICS if saved.get(k, {}).get("value") is not None]
-        runs[run.name] = LoadedRun(run.name, p, trained.family, trained.meta, {k: saved[k]["value"] for k in shown},
-                                   {k: saved[k]["floor"] for k in shown if saved[k].get("floor") is not None},
-                                   trained.config)
+        metrics = {k: saved[k]["value"] for k in shown}
+        floors = {k: saved[k]["floor"] for k in shown if saved[k].get("floor") is not None}
+        runs[run.name] = LoadedRun(run.name, p, trained.family, trained.meta, metrics, floors, trained.config)
     if not runs:
         raise GenlabError("give at least one run folder to serve")
     return runs

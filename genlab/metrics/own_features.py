@@ -83,8 +83,7 @@ def load_own_extractor(path: str | Path, image_shape: tuple[int, int, int], data
     kind, module = _open(path)
     what = "TorchScript extractor" if kind == "torchscript" else "exported extractor"
     probe = torch.rand(3, *image_shape, generator=torch.Generator().manual_seed(0))
-    out = None
-    for n in (2, 3):  # two batch sizes: an export with a fixed batch size fails the second
+    for n in (2, 3):  # two batch sizes: an export made for one batch size fails at least one
         try:
             with torch.no_grad():
                 out = module(probe[:n])

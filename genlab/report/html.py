@@ -341,7 +341,7 @@ def side_by_side(runs: list[Run], n: int = 16, seed: int = 0) -> list[tuple[str,
 
 
 def compare_runs(runs: list[str | Path], out: str | Path = CompareOptions.out,
-                 samples: int = CompareOptions.samples) -> tuple[Path, str]:
+                 samples: int = CompareOptions.samples) -> tuple[Path, str, list[str]]:
     """Write the comparison page of `runs` (sorted by FID, unevaluated runs last); returns the page,
     the table as markdown and the sentences that say which of its scores do not compare."""
     CompareOptions([str(r) for r in runs], str(out), samples=samples).validate()

@@ -221,10 +221,14 @@ class Logger(Callback):
             self.flush(trainer)
         if state.step % trainer.per_epoch == 0:
             # the last logged line; before the first one (epochs shorter than --log-every) the means so far
-            last = self.history[-1] if self.history else {k: self.sums[k] / self.counts[k] for k in self.sums}
+            last = self.history[-1] if self.history else self.means()
             self.say(", ".join([f"epoch {state.epoch}: step {state.step}"] + [
                 f"{k} {v:.0f}" if k == "img_per_s" else f"{k} {v:.3f}"
                 for k, v in last.items() if k not in ("step", "epoch", "images", "time")]))
+
+    def means(self) -> dict[str, float]:
+        """Each logged quantity's mean over the steps since the last logged line."""
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
     def flush(self, trainer) -> None:
         if not self.counts:
@@ -233,7 +237,7 @@ class Logger(Callback):
         training = now - self.window_start - (trainer.excluded_seconds - self.window_excluded)  # not evaluation
         line = {"step": state.step, "epoch": trainer.epoch_of(state.step), "images": state.images_seen,
                 "time": round(state.seconds, 3), "img_per_s": round(self.window_images / max(training, 1e-9), 1),
-                **{k: self.sums[k] / self.counts[k] for k in self.sums}}
+                **self.means()}
         if state.skipped:
             line["skipped"] = state.skipped
         self.history.append(line)
