@@ -14,10 +14,14 @@ Reconstruction loss L1 + L2, plus optionally a small patch discriminator for sha
 2021, VQGAN; genlab's GAN losses and spectral normalisation). 28 or 32 px -> 7x7 or 8x8 latents
 (downsample 4), 64 px -> 16x16 (4) or 8x8 (8), 28 px with 8 -> 3x3. It may be trained on random
 crops (`crop`), as Stable Diffusion's is: being convolutional it encodes and decodes whole images after.
+Training it takes minutes at 64 px, so an interrupted training (Ctrl-C, SIGTERM, a kill) keeps its
+progress in the cache's `unfinished/` folder, and the next call for the same entry goes on from there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import time
@@ -30,6 +34,7 @@ from torch import nn
 
 from genlab.config import option
 from genlab.core.checkpoint import load_into, load_state, save_state, weights_hash
+from genlab.core.signals import StopRequest
 from genlab.data import ImageSet
 from genlab.errors import GenlabError
 from genlab.models.common import psnr, to_uint8, to_unit
@@ -38,6 +43,7 @@ from genlab.paths import cache_dir
 
 KINDS = ("kl", "vq")
 WEIGHTS, SPEC = "first_stage.safetensors", "spec.json"
+UNFINISHED = "unfinished"  # the cache's folder of first stages whose training was interrupted
 
 
 @dataclass(frozen=True)
@@ -299,9 +305,14 @@ class FirstStage(nn.Module):
 
 # ---------------------------------------------------------------- training, once per data and settings
 
-def train_first_stage(data: ImageSet, settings: FirstStageSettings, log=print) -> tuple[FirstStage, dict]:
+def train_first_stage(data: ImageSet, settings: FirstStageSettings, log=print, progress: Path | None = None,
+                      save_every: float = 60.0) -> tuple[FirstStage, dict]:
     """Train the autoencoder with its fixed recipe (Adam, a cosine-decayed rate, batches drawn with
-    its own seed); the global random stream is left as it was. Returns it and its record."""
+    its own seed); the global random stream is left as it was. Returns it and its record.
+
+    With `progress`, a file that keeps an unfinished training: written every `save_every` seconds
+    and when Ctrl-C or SIGTERM stops it (after the current step), and continued from by the next
+    call, to the same bits as one uninterrupted training."""
     s = settings
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
@@ -311,31 +322,77 @@ def train_first_stage(data: ImageSet, settings: FirstStageSettings, log=print) -
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, s.steps)
         disc = PatchDiscriminator(data.shape[0]) if s.adversarial else None
         opt_d = torch.optim.Adam(disc.parameters(), lr=s.lr, betas=(0.5, 0.9)) if disc else None
-        started, logs = time.monotonic(), {}
-        for step in range(1, s.steps + 1):
-            x = to_unit(data.images[torch.randint(0, len(data), (min(s.batch_size, len(data)),), generator=gen)])
-            if s.crop:
-                x = random_crops(x, s.crop, s.downsample, gen)
-            rec, loss, logs = model.losses(x, gen)
-            if disc is not None and step > s.steps // 3:  # the discriminator joins once shapes are right
-                loss = loss + s.adversarial * F.softplus(-disc(rec)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-            if disc is not None and step > s.steps // 3:
-                d_loss = F.softplus(-disc(x)).mean() + F.softplus(disc(rec.detach())).mean()
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-            if step % 500 == 0 or step == s.steps:
-                log(f"  first stage ({s.kind}): step {step}/{s.steps}, " +
-                    ", ".join(f"{k} {v:.4g}" for k, v in logs.items()) + f", {time.monotonic() - started:.0f} s")
+        parts = {"model": model, "opt": opt, "schedule": schedule, **({"disc": disc, "opt_d": opt_d} if disc else {})}
+        done, spent, logs = load_progress(progress, parts, gen, s.steps, log)
+        saved = said = time.monotonic()
+        started = saved - spent  # the seconds of earlier, interrupted sessions count
+        stop = StopRequest("stopping the first stage after this step and keeping its progress")
+        with stop if progress is not None else contextlib.nullcontext():
+            for step in range(done + 1, s.steps + 1):
+                logs = first_stage_step(model, opt, schedule, disc, opt_d, data, s, step, gen)
+                if step % 500 == 0 or step == s.steps or time.monotonic() - said >= 30:  # a line at least every 30 s
+                    said = time.monotonic()
+                    log(f"  first stage ({s.kind}): step {step}/{s.steps}, " +
+                        ", ".join(f"{k} {v:.4g}" for k, v in logs.items()) + f", {time.monotonic() - started:.0f} s")
+                if progress is not None and (stop.requested or time.monotonic() - saved >= save_every):
+                    save_progress(progress, parts, gen, step, time.monotonic() - started, logs)
+                    saved = time.monotonic()
+                if stop.requested:
+                    raise KeyboardInterrupt(f"the first stage stopped at step {step}/{s.steps}; its progress is kept "
+                                            "in genlab's cache, and the same command continues it")
         model.eval()
         if s.kind == "kl":  # Stable Diffusion's scale factor: the prior sees latents of unit variance
             z = torch.cat([model.encode(data.images[i:i + 500], generator=gen) for i in range(0, min(len(data), 4000), 500)])
             model.scale.fill_(1.0 / float(z.std()))
     return model, {"train_seconds": round(time.monotonic() - started, 1), "final": logs}
+
+
+def first_stage_step(model, opt, schedule, disc, opt_d, data: ImageSet, s: FirstStageSettings, step: int,
+                     gen: torch.Generator) -> dict:
+    """One step of the autoencoder (and of its patch discriminator, once it has joined); its losses."""
+    x = to_unit(data.images[torch.randint(0, len(data), (min(s.batch_size, len(data)),), generator=gen)])
+    if s.crop:
+        x = random_crops(x, s.crop, s.downsample, gen)
+    rec, loss, logs = model.losses(x, gen)
+    adversarial = disc is not None and step > s.steps // 3  # the discriminator joins once shapes are right
+    if adversarial:
+        loss = loss + s.adversarial * F.softplus(-disc(rec)).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    schedule.step()
+    if adversarial:
+        d_loss = F.softplus(-disc(x)).mean() + F.softplus(disc(rec.detach())).mean()
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+    return logs
+
+
+def save_progress(path: Path, parts: dict, gen: torch.Generator, step: int, seconds: float, logs: dict) -> None:
+    """Everything an unfinished first stage's training needs to go on to the same bits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_state(path, {**{k: v.state_dict() for k, v in parts.items()}, "generator": gen.get_state(),
+                      "torch_rng": torch.get_rng_state(), "step": step, "seconds": seconds, "logs": logs})
+
+
+def load_progress(path: Path | None, parts: dict, gen: torch.Generator, steps: int, log) -> tuple[int, float, dict]:
+    """(steps done, seconds spent, last losses) of a training kept at `path`, loaded into `parts`;
+    (0, 0.0, {}) when there is none (a damaged file is set aside: training starts over)."""
+    if path is None or not path.is_file():
+        return 0, 0.0, {}
+    try:
+        tree, _ = load_state(path)
+        for k, v in parts.items():
+            v.load_state_dict(tree[k])
+        gen.set_state(tree["generator"])
+        torch.set_rng_state(tree["torch_rng"])
+        step, seconds, logs = int(tree["step"]), float(tree["seconds"]), dict(tree["logs"])
+    except (GenlabError, KeyError, RuntimeError, ValueError, TypeError) as err:
+        log(f"  the kept progress of this first stage cannot be read ({err}); training it from the start")
+        return 0, 0.0, {}
+    log(f"  continuing the first stage from step {step}/{steps}, kept by an interrupted run ({seconds:.0f} s spent)")
+    return step, seconds, logs
 
 
 def random_crops(x: torch.Tensor, side: int, grid: int, generator: torch.Generator) -> torch.Tensor:
@@ -377,7 +434,9 @@ def _get_first_stage(data: ImageSet, settings: FirstStageSettings, heldout: Imag
         if all(spec.get(k) == v for k, v in wanted.items()) and (spec_path.parent / WEIGHTS).is_file():
             return load_first_stage(spec_path.parent), spec
     log(f"training the first stage ({settings.kind}) for {data.name} once (cached afterwards)...")
-    model, record = train_first_stage(data, settings, log)
+    key = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+    progress = root / UNFINISHED / f"{key}.safetensors"  # an interrupted training of this entry
+    model, record = train_first_stage(data, settings, log, progress=progress)
     digest = weights_hash(model)
     name = f"{data.name.replace(':', '-').replace('/', '-')}-{settings.kind}-{digest[:8]}"
     spec = {"name": name, "sha256": digest, **wanted, **record,
@@ -387,6 +446,7 @@ def _get_first_stage(data: ImageSet, settings: FirstStageSettings, heldout: Imag
     folder.mkdir(parents=True, exist_ok=True)
     save_state(folder / WEIGHTS, model.state_dict(), {"name": name})
     (folder / SPEC).write_text(json.dumps(spec, indent=2) + "\n")  # written last: marks the entry complete
+    progress.unlink(missing_ok=True)
     psnr = spec["heldout_psnr"]
     log(f"first stage {name}: {record['train_seconds']:.0f} s" + (f", held-out PSNR {psnr:.1f} dB" if psnr else ""))
     return model, spec

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import sys
-import threading
 import time
 
 import torch
@@ -28,6 +26,7 @@ from genlab.core import distributed
 from genlab.core.images import make_grid, save_png
 from genlab.core.run import Run
 from genlab.core.runtime import LazyOptimizer
+from genlab.core.signals import StopRequest
 from genlab.errors import GenlabError
 from genlab.models.diagnosis import Diagnostics
 
@@ -149,27 +148,16 @@ class Signals(Callback):
     name = "signals"
 
     def __init__(self):
-        self.requested = False
-        self.previous: dict = {}
-
-    def __call__(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ngenlab: stopping after this step and saving a checkpoint (again to abort)", file=sys.stderr)
+        self.stop = StopRequest("stopping after this step and saving a checkpoint")
 
     def on_start(self, trainer) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self)
+        self.stop.install()
 
     def stop_reason(self, trainer) -> str:
-        return "interrupted" if self.requested else ""
+        return "interrupted" if self.stop.requested else ""
 
     def on_end(self, trainer, status: str) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
+        self.stop.restore()
 
 
 # ---------------------------------------------------------------- the record

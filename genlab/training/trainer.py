@@ -331,7 +331,20 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
             run.save_config(config)  # new budgets, if any
         trainer.say(f"resuming {run.path} from step {trainer.state.step}")
     trainer.state.seconds += attach(model, data, ranks)
+    if prepared is not None and (note := spent_before_training(config.train, trainer.state.seconds)):
+        trainer.say(note)
     return finish(trainer, run, meta)
+
+
+def spent_before_training(cfg: TrainConfig, seconds: float) -> str:
+    """A warning when a family's set-up (a first stage trained now) has spent the whole minutes budget:
+    the run would end with no training step, looking finished."""
+    if cfg.minutes is None or seconds < cfg.minutes * 60:
+        return ""
+    return (f"warning: setting up the model (its first stage, the images' encodings) took {seconds:.0f} s, all of the "
+            f"{cfg.minutes:g}-minute budget, so the model gets no training step in this run. The first stage is cached "
+            "now: the same command again (with another --out, or --overwrite) gives the budget to the model; or "
+            f"pass --minutes over {seconds / 60:.1f}")
 
 
 def resume(run: str | Path, **overrides) -> Path:

@@ -1,5 +1,6 @@
 """Latent models: the first stage (kl and vq) and the two priors over it."""
 
+import functools
 import json
 
 import pytest
@@ -128,6 +129,48 @@ def test_the_first_stage_is_cached_and_reused_not_retrained(digits, monkeypatch)
         get_first_stage(digits, FirstStageSettings(kind="kl", crop=16, **QUICK), log=lambda *_: None)
 
 
+def test_an_interrupted_first_stage_continues_to_the_same_bits(digits, monkeypatch):
+    import signal
+
+    from genlab.models import first_stage
+    from genlab.paths import cache_dir
+
+    settings = FirstStageSettings(kind="vq", codebook_size=32, adversarial=0.2, seed=11, **QUICK)  # D joins at 21
+    whole, _ = train_first_stage(digits, settings, log=lambda *_: None)
+    step = first_stage.first_stage_step
+
+    def stopping(at, how):
+        def patched(*args):
+            logs = step(*args)
+            if args[7] == at:  # the step number
+                how()
+            return logs
+        return patched
+
+    def power_cut():
+        raise RuntimeError("power cut")
+
+    unfinished = cache_dir() / "first_stage" / first_stage.UNFINISHED
+    monkeypatch.setattr(first_stage, "first_stage_step", stopping(30, lambda: signal.raise_signal(signal.SIGINT)))
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 30/60; its progress is kept"):
+        get_first_stage(digits, settings, log=lambda *_: None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    assert len(list(unfinished.iterdir())) == 1
+    # a crash between saves: what was saved (here every step) is where the next call goes on from
+    monkeypatch.setattr(first_stage, "first_stage_step", stopping(45, power_cut))
+    monkeypatch.setattr(first_stage, "train_first_stage", functools.partial(train_first_stage, save_every=0.0))
+    said = []
+    with pytest.raises(RuntimeError, match="power cut"):
+        get_first_stage(digits, settings, log=said.append)
+    assert any("continuing the first stage from step 30/60" in line for line in said)
+    monkeypatch.setattr(first_stage, "first_stage_step", step)
+    said.clear()
+    resumed, spec = get_first_stage(digits, settings, log=said.append)
+    assert any("from step 44/60" in line for line in said)
+    assert all(equal_tensors(whole, resumed))  # as if never interrupted
+    assert list(unfinished.iterdir()) == [] and spec["name"].startswith("mnist-sample-vq-")
+
+
 def test_training_a_first_stage_leaves_the_global_random_stream_as_it_was(digits):
     settings = FirstStageSettings(kind="vq", seed=7, **QUICK)  # a cold cache entry: trained now
     torch.manual_seed(123)
@@ -217,6 +260,17 @@ def test_a_latent_run_resumes_to_the_same_bits_and_records_its_first_stage(name,
     meta = json.loads((tmp_path / "whole" / "run.json").read_text())
     assert meta["prepared"]["name"].startswith("mnist-sample-") and len(meta["prepared"]["sha256"]) == 64
     assert {p.stem for p in (tmp_path / "whole" / "samples").glob("view-*.png")} >= {"view-reconstructions"}
+
+
+def test_a_budget_spent_on_the_first_stage_is_said_not_passed_off_as_a_finished_run(tmp_path, capsys):
+    common = ["--model", "latent-diffusion", "--limit", "128", "--batch-size", "16", "--no-progress", "--device",
+              "cpu", "--grid-size", "4", *TINY["latent-diffusion"]]
+    assert main(["train", "--minutes", "0.0001", "--out", str(tmp_path / "spent"), *common]) == 0
+    err = capsys.readouterr().err
+    assert "all of the 0.0001-minute budget, so the model gets no training step" in err and "--minutes over" in err
+    assert json.loads((tmp_path / "spent" / "run.json").read_text())["steps"] == 0
+    assert main(["train", "--minutes", "5", "--steps", "2", "--out", str(tmp_path / "trained"), *common]) == 0
+    assert "budget" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
