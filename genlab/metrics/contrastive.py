@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,9 @@ from torch import nn
 
 from genlab.config import DataConfig
 from genlab.data import ImageSet, load_dataset, load_heldout, with_split
-from genlab.metrics.features import Extractor, FeatureEncoder, find_cached, load_extractor, save_extractor
+from genlab.core.progress import KeptProgress
+from genlab.metrics.features import (Extractor, FeatureEncoder, find_cached, load_extractor, save_extractor,
+                                     unfinished_path)
 from genlab.models.diffaug import augment
 
 
@@ -54,8 +57,9 @@ def views(x: torch.Tensor, policy: tuple[str, ...]) -> torch.Tensor:
     return ((augment(x * 2 - 1, policy) + 1) / 2).clamp(0, 1)
 
 
-def train_contrastive(train: ImageSet, recipe: ContrastiveRecipe, log=print) -> FeatureEncoder:
-    """The fixed recipe, from a fixed seed; the global random state is left as it was."""
+def train_contrastive(train: ImageSet, recipe: ContrastiveRecipe, log=print, progress: Path | None = None) -> FeatureEncoder:
+    """The fixed recipe, from a fixed seed; the global random state is left as it was. With
+    `progress`, a file that keeps an interrupted training for the next call (genlab.core.progress)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         gen = torch.Generator().manual_seed(recipe.seed)
@@ -65,19 +69,18 @@ def train_contrastive(train: ImageSet, recipe: ContrastiveRecipe, log=print) -> 
         params = [*encoder.parameters(), *head.parameters()]
         opt = torch.optim.Adam(params, lr=recipe.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
-        started = time.monotonic()
-        for step in range(1, recipe.steps + 1):
-            idx = torch.randint(0, len(train), (recipe.batch_size,), generator=gen)
-            x = train.images[idx].float() / 255
-            loss = nt_xent(head(encoder(views(x, recipe.policy))), head(encoder(views(x, recipe.policy))),
-                           recipe.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-            if step % 500 == 0 or step == recipe.steps:
-                log(f"  self-supervised extractor: step {step}/{recipe.steps}, NT-Xent {loss.item():.3f}, "
-                    f"{time.monotonic() - started:.0f} s")
+        parts = {"encoder": encoder, "head": head, "opt": opt, "schedule": schedule}
+        with KeptProgress("self-supervised extractor", recipe.steps, progress, parts, gen, log) as kept:
+            for step in kept.steps():
+                idx = torch.randint(0, len(train), (recipe.batch_size,), generator=gen)
+                x = train.images[idx].float() / 255
+                loss = nt_xent(head(encoder(views(x, recipe.policy))), head(encoder(views(x, recipe.policy))),
+                               recipe.temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                schedule.step()
+                kept.after(step, {"NT-Xent": loss.item()})
     return encoder.eval()
 
 
@@ -115,7 +118,8 @@ def get_contrastive_extractor(data_cfg: DataConfig, recipe: ContrastiveRecipe | 
         return load_extractor(cached)
     log(f"training the self-supervised feature extractor for {data_cfg.dataset} once (cached afterwards)...")
     started = time.monotonic()
-    encoder = train_contrastive(train, recipe, log)
+    progress = unfinished_path(data_cfg.dataset, train.checksum, recipe, "contrastive")
+    encoder = train_contrastive(train, recipe, log, progress)
     probe = None
     test = load_heldout(train_cfg)
     if test is not None and train.num_classes >= 2:
@@ -125,6 +129,7 @@ def get_contrastive_extractor(data_cfg: DataConfig, recipe: ContrastiveRecipe | 
         "kind": "contrastive", "dataset": data_cfg.dataset, "data_checksum": train.checksum,
         "image_shape": list(train.shape), "num_classes": 0, "class_names": [], "recipe": asdict(recipe),
         "probe_accuracy": probe, "train_seconds": round(time.monotonic() - started, 1)}, f"{data_cfg.dataset}-ssl")
+    progress.unlink(missing_ok=True)
     log(f"feature extractor {extractor.name}: self-supervised, linear probe accuracy "
         f"{'n/a (no labels)' if probe is None else f'{probe:.2%}'}, {extractor.spec['train_seconds']:.0f} s")
     return extractor

@@ -18,6 +18,7 @@ so a number always says which features it was measured in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -32,8 +33,10 @@ from genlab.data import ImageSet, load_dataset, load_heldout, with_split
 from genlab.errors import GenlabError
 from genlab.paths import cache_dir
 from genlab.core.checkpoint import load_into, load_state, save_state, weights_hash
+from genlab.core.progress import KeptProgress
 
 WEIGHTS, SPEC = "extractor.safetensors", "spec.json"
+UNFINISHED = "unfinished"  # the cache's folder of extractors whose training was interrupted
 
 
 @dataclass(frozen=True)
@@ -154,33 +157,33 @@ def accuracy(extractor_net: DomainClassifier, data: ImageSet) -> float:
     return correct / len(data)
 
 
-def train_classifier(train: ImageSet, recipe: FeatureRecipe, log=print) -> DomainClassifier:
+def train_classifier(train: ImageSet, recipe: FeatureRecipe, log=print, progress: Path | None = None) -> DomainClassifier:
     """The fixed recipe: Adam with a cosine-decayed learning rate, shifted batches, cross-entropy.
     The global random state is left as it was (training with --eval-every may build the extractor
-    after seeding the model: a cached and a fresh extractor must leave the same run)."""
+    after seeding the model: a cached and a fresh extractor must leave the same run). With
+    `progress`, a file that keeps an interrupted training for the next call (genlab.core.progress)."""
     with torch.random.fork_rng(devices=[]):
-        return _train_classifier(train, recipe, log)
+        return _train_classifier(train, recipe, log, progress)
 
 
-def _train_classifier(train: ImageSet, recipe: FeatureRecipe, log) -> DomainClassifier:
+def _train_classifier(train: ImageSet, recipe: FeatureRecipe, log, progress: Path | None) -> DomainClassifier:
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     net = DomainClassifier(train.shape[0], train.num_classes, recipe.width, recipe.feature_dim)
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
     net.train()
-    started = time.monotonic()
-    for step in range(1, recipe.steps + 1):
-        idx = torch.randint(0, len(train), (recipe.batch_size,), generator=gen)
-        x = _shift(train.images[idx].float() / 255, recipe.shift, gen)
-        loss = F.cross_entropy(net(x)[1], train.labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        if step % 500 == 0 or step == recipe.steps:
-            log(f"  feature extractor: step {step}/{recipe.steps}, loss {loss.item():.3f}, "
-                f"{time.monotonic() - started:.0f} s")
+    with KeptProgress("feature extractor", recipe.steps, progress, {"net": net, "opt": opt, "schedule": schedule},
+                      gen, log) as kept:
+        for step in kept.steps():
+            idx = torch.randint(0, len(train), (recipe.batch_size,), generator=gen)
+            x = _shift(train.images[idx].float() / 255, recipe.shift, gen)
+            loss = F.cross_entropy(net(x)[1], train.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            kept.after(step, {"loss": loss.item()})
     return net.eval()
 
 
@@ -200,6 +203,12 @@ def find_cached(dataset: str, checksum: str, recipe, kind: str = "classifier") -
         if _spec_matches(spec, dataset, checksum, recipe, kind) and (spec_path.parent / WEIGHTS).is_file():
             return spec_path.parent
     return None
+
+
+def unfinished_path(dataset: str, checksum: str, recipe, kind: str) -> Path:
+    """Where an interrupted training of this extractor keeps its progress (genlab.core.progress)."""
+    key = hashlib.sha256(json.dumps([dataset, checksum, asdict(recipe), kind]).encode()).hexdigest()[:16]
+    return cache_dir() / "features" / UNFINISHED / f"{key}.safetensors"
 
 
 def load_extractor(path: str | Path) -> Extractor:
@@ -249,13 +258,15 @@ def get_extractor(data_cfg: DataConfig, recipe: FeatureRecipe = FeatureRecipe(),
         return load_extractor(cached)
     log(f"training the feature extractor for {data_cfg.dataset} once (cached afterwards)...")
     started = time.monotonic()
-    net = train_classifier(train, recipe, log)
+    progress = unfinished_path(data_cfg.dataset, train.checksum, recipe, "classifier")
+    net = train_classifier(train, recipe, log, progress)
     test = load_heldout(train_cfg)
     extractor = save_extractor(net, {
         "kind": "classifier", "dataset": data_cfg.dataset, "data_checksum": train.checksum,
         "image_shape": list(train.shape), "num_classes": train.num_classes, "class_names": train.class_names,
         "recipe": asdict(recipe), "test_accuracy": accuracy(net, test) if test is not None else None,
         "train_seconds": round(time.monotonic() - started, 1)}, data_cfg.dataset)
+    progress.unlink(missing_ok=True)
     acc = extractor.spec["test_accuracy"]
     log(f"feature extractor {extractor.name}: test accuracy {'n/a' if acc is None else f'{acc:.2%}'}, "
         f"{extractor.spec['train_seconds']:.0f} s")

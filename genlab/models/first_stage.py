@@ -14,13 +14,12 @@ Reconstruction loss L1 + L2, plus optionally a small patch discriminator for sha
 2021, VQGAN; genlab's GAN losses and spectral normalisation). 28 or 32 px -> 7x7 or 8x8 latents
 (downsample 4), 64 px -> 16x16 (4) or 8x8 (8), 28 px with 8 -> 3x3. It may be trained on random
 crops (`crop`), as Stable Diffusion's is: being convolutional it encodes and decodes whole images after.
-Training it takes minutes at 64 px, so an interrupted training (Ctrl-C, SIGTERM, a kill) keeps its
-progress in the cache's `unfinished/` folder, and the next call for the same entry goes on from there.
+Training it takes minutes at 64 px, so an interrupted training keeps its progress in the cache's
+`unfinished/` folder, and the next call for the same entry goes on from there (genlab.core.progress).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -34,7 +33,7 @@ from torch import nn
 
 from genlab.config import option
 from genlab.core.checkpoint import load_into, load_state, save_state, weights_hash
-from genlab.core.signals import StopRequest
+from genlab.core.progress import KeptProgress
 from genlab.data import ImageSet
 from genlab.errors import GenlabError
 from genlab.models.common import psnr, to_uint8, to_unit
@@ -308,11 +307,8 @@ class FirstStage(nn.Module):
 def train_first_stage(data: ImageSet, settings: FirstStageSettings, log=print, progress: Path | None = None,
                       save_every: float = 60.0) -> tuple[FirstStage, dict]:
     """Train the autoencoder with its fixed recipe (Adam, a cosine-decayed rate, batches drawn with
-    its own seed); the global random stream is left as it was. Returns it and its record.
-
-    With `progress`, a file that keeps an unfinished training: written every `save_every` seconds
-    and when Ctrl-C or SIGTERM stops it (after the current step), and continued from by the next
-    call, to the same bits as one uninterrupted training."""
+    its own seed); the global random stream is left as it was. Returns it and its record. With
+    `progress`, a file that keeps an interrupted training for the next call (genlab.core.progress)."""
     s = settings
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
@@ -323,28 +319,14 @@ def train_first_stage(data: ImageSet, settings: FirstStageSettings, log=print, p
         disc = PatchDiscriminator(data.shape[0]) if s.adversarial else None
         opt_d = torch.optim.Adam(disc.parameters(), lr=s.lr, betas=(0.5, 0.9)) if disc else None
         parts = {"model": model, "opt": opt, "schedule": schedule, **({"disc": disc, "opt_d": opt_d} if disc else {})}
-        done, spent, logs = load_progress(progress, parts, gen, s.steps, log)
-        saved = said = time.monotonic()
-        started = saved - spent  # the seconds of earlier, interrupted sessions count
-        stop = StopRequest("stopping the first stage after this step and keeping its progress")
-        with stop if progress is not None else contextlib.nullcontext():
-            for step in range(done + 1, s.steps + 1):
-                logs = first_stage_step(model, opt, schedule, disc, opt_d, data, s, step, gen)
-                if step % 500 == 0 or step == s.steps or time.monotonic() - said >= 30:  # a line at least every 30 s
-                    said = time.monotonic()
-                    log(f"  first stage ({s.kind}): step {step}/{s.steps}, " +
-                        ", ".join(f"{k} {v:.4g}" for k, v in logs.items()) + f", {time.monotonic() - started:.0f} s")
-                if progress is not None and (stop.requested or time.monotonic() - saved >= save_every):
-                    save_progress(progress, parts, gen, step, time.monotonic() - started, logs)
-                    saved = time.monotonic()
-                if stop.requested:
-                    raise KeyboardInterrupt(f"the first stage stopped at step {step}/{s.steps}; its progress is kept "
-                                            "in genlab's cache, and the same command continues it")
+        with KeptProgress(f"first stage ({s.kind})", s.steps, progress, parts, gen, log, save_every) as kept:
+            for step in kept.steps():
+                kept.after(step, first_stage_step(model, opt, schedule, disc, opt_d, data, s, step, gen))
         model.eval()
         if s.kind == "kl":  # Stable Diffusion's scale factor: the prior sees latents of unit variance
             z = torch.cat([model.encode(data.images[i:i + 500], generator=gen) for i in range(0, min(len(data), 4000), 500)])
             model.scale.fill_(1.0 / float(z.std()))
-    return model, {"train_seconds": round(time.monotonic() - started, 1), "final": logs}
+    return model, {"train_seconds": round(kept.seconds, 1), "final": kept.last}
 
 
 def first_stage_step(model, opt, schedule, disc, opt_d, data: ImageSet, s: FirstStageSettings, step: int,
@@ -367,32 +349,6 @@ def first_stage_step(model, opt, schedule, disc, opt_d, data: ImageSet, s: First
         d_loss.backward()
         opt_d.step()
     return logs
-
-
-def save_progress(path: Path, parts: dict, gen: torch.Generator, step: int, seconds: float, logs: dict) -> None:
-    """Everything an unfinished first stage's training needs to go on to the same bits."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_state(path, {**{k: v.state_dict() for k, v in parts.items()}, "generator": gen.get_state(),
-                      "torch_rng": torch.get_rng_state(), "step": step, "seconds": seconds, "logs": logs})
-
-
-def load_progress(path: Path | None, parts: dict, gen: torch.Generator, steps: int, log) -> tuple[int, float, dict]:
-    """(steps done, seconds spent, last losses) of a training kept at `path`, loaded into `parts`;
-    (0, 0.0, {}) when there is none (a damaged file is set aside: training starts over)."""
-    if path is None or not path.is_file():
-        return 0, 0.0, {}
-    try:
-        tree, _ = load_state(path)
-        for k, v in parts.items():
-            v.load_state_dict(tree[k])
-        gen.set_state(tree["generator"])
-        torch.set_rng_state(tree["torch_rng"])
-        step, seconds, logs = int(tree["step"]), float(tree["seconds"]), dict(tree["logs"])
-    except (GenlabError, KeyError, RuntimeError, ValueError, TypeError) as err:
-        log(f"  the kept progress of this first stage cannot be read ({err}); training it from the start")
-        return 0, 0.0, {}
-    log(f"  continuing the first stage from step {step}/{steps}, kept by an interrupted run ({seconds:.0f} s spent)")
-    return step, seconds, logs
 
 
 def random_crops(x: torch.Tensor, side: int, grid: int, generator: torch.Generator) -> torch.Tensor:

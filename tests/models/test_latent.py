@@ -162,7 +162,7 @@ def test_an_interrupted_first_stage_continues_to_the_same_bits(digits, monkeypat
     said = []
     with pytest.raises(RuntimeError, match="power cut"):
         get_first_stage(digits, settings, log=said.append)
-    assert any("continuing the first stage from step 30/60" in line for line in said)
+    assert any("continuing the first stage (vq) from step 30/60" in line for line in said)
     monkeypatch.setattr(first_stage, "first_stage_step", step)
     said.clear()
     resumed, spec = get_first_stage(digits, settings, log=said.append)
