@@ -208,8 +208,10 @@ class Logger(Callback):
         if state.step % self.cfg.log_every == 0:
             self.flush(trainer)
         if state.step % trainer.per_epoch == 0:
-            # the last logged line; before the first one (epochs shorter than --log-every) the means so far
-            last = self.history[-1] if self.history else self.means()
+            # the last logged line if this epoch logged one; otherwise (epochs shorter than --log-every)
+            # the means since the last line, not an older epoch's numbers again
+            logged = self.history and self.history[-1]["step"] > state.step - trainer.per_epoch
+            last = self.history[-1] if logged else self.means()
             self.say(", ".join([f"epoch {state.epoch}: step {state.step}"] + [
                 f"{k} {v:.0f}" if k == "img_per_s" else f"{k} {v:.3f}"
                 for k, v in last.items() if k not in ("step", "epoch", "images", "time")]))

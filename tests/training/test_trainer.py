@@ -32,11 +32,14 @@ def test_a_run_folder_holds_everything(tmp_path):
 def test_each_epoch_line_names_its_losses(tmp_path, capsys):
     # epochs of 8 steps; a logged line every 20 steps comes only after the second epoch ends, so the
     # epoch lines before it show the means so far instead of an empty "step 8, "
-    train(tiny_config(tmp_path / "run", steps=None, epochs=3, log_every=20))
+    train(tiny_config(tmp_path / "run", steps=None, epochs=4, log_every=20))
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
-    assert [line.split(",")[0] for line in lines] == ["epoch 1: step 8", "epoch 2: step 16", "epoch 3: step 24"]
+    assert [line.split(",")[0] for line in lines] == ["epoch 1: step 8", "epoch 2: step 16", "epoch 3: step 24",
+                                                      "epoch 4: step 32"]
     assert all(", loss_d " in line and ", loss_g " in line and not line.endswith(", ") for line in lines)
     assert "img_per_s" not in lines[0] and "img_per_s" in lines[2]  # logged at step 20: speed known
+    # epoch 4 logged no line: the means of steps 21-32, not step 20's line again
+    assert "img_per_s" not in lines[3] and lines[3].split(", ", 1)[1] != lines[2].split(", ", 1)[1]
 
 
 def test_grid_images_are_real_pngs_of_the_right_size(tmp_path):
