@@ -98,3 +98,11 @@ class KeptProgress:
         self.log(f"  continuing the {self.what} from step {self.done}/{self.total}, kept by an interrupted run "
                  f"({spent:.0f} s spent)")
         return spent
+
+
+def kept_seconds(path: Path) -> float:
+    """The seconds an interrupted training kept at `path` had spent (0 when there is none to go on from)."""
+    try:
+        return float(load_state(path)[0]["seconds"]) if path.is_file() else 0.0
+    except (GenlabError, KeyError, TypeError, ValueError):
+        return 0.0

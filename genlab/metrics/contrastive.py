@@ -20,7 +20,7 @@ from torch import nn
 
 from genlab.config import DataConfig
 from genlab.data import ImageSet, load_dataset, load_heldout, with_split
-from genlab.core.progress import KeptProgress
+from genlab.core.progress import KeptProgress, kept_seconds
 from genlab.metrics.features import (Extractor, FeatureEncoder, find_cached, load_extractor, save_extractor,
                                      unfinished_path)
 from genlab.models.diffaug import augment
@@ -117,8 +117,8 @@ def get_contrastive_extractor(data_cfg: DataConfig, recipe: ContrastiveRecipe | 
     if cached is not None:
         return load_extractor(cached)
     log(f"training the self-supervised feature extractor for {data_cfg.dataset} once (cached afterwards)...")
-    started = time.monotonic()
     progress = unfinished_path(data_cfg.dataset, train.checksum, recipe, "contrastive")
+    started = time.monotonic() - kept_seconds(progress)  # an interrupted training's seconds count
     encoder = train_contrastive(train, recipe, log, progress)
     probe = None
     test = load_heldout(train_cfg)

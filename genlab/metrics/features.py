@@ -33,7 +33,7 @@ from genlab.data import ImageSet, load_dataset, load_heldout, with_split
 from genlab.errors import GenlabError
 from genlab.paths import cache_dir
 from genlab.core.checkpoint import load_into, load_state, save_state, weights_hash
-from genlab.core.progress import KeptProgress
+from genlab.core.progress import KeptProgress, kept_seconds
 
 WEIGHTS, SPEC = "extractor.safetensors", "spec.json"
 UNFINISHED = "unfinished"  # the cache's folder of extractors whose training was interrupted
@@ -257,8 +257,8 @@ def get_extractor(data_cfg: DataConfig, recipe: FeatureRecipe = FeatureRecipe(),
     if cached is not None:
         return load_extractor(cached)
     log(f"training the feature extractor for {data_cfg.dataset} once (cached afterwards)...")
-    started = time.monotonic()
     progress = unfinished_path(data_cfg.dataset, train.checksum, recipe, "classifier")
+    started = time.monotonic() - kept_seconds(progress)  # an interrupted training's seconds count
     net = train_classifier(train, recipe, log, progress)
     test = load_heldout(train_cfg)
     extractor = save_extractor(net, {

@@ -5,7 +5,7 @@ import signal
 import pytest
 import torch
 
-from genlab.core.progress import KeptProgress
+from genlab.core.progress import KeptProgress, kept_seconds
 from genlab.data import ImageSet
 from genlab.metrics.contrastive import ContrastiveRecipe, train_contrastive
 from genlab.metrics.features import FeatureRecipe, train_classifier
@@ -45,6 +45,7 @@ def test_an_interrupted_training_goes_on_to_the_same_bits(what, shapes, tmp_path
     with pytest.raises(KeyboardInterrupt, match=f"the {what} stopped at step 5/{steps}; its progress is kept"):
         train(shapes, log=lambda *_: None, progress=progress)
     assert progress.is_file() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert kept_seconds(progress) > 0 and kept_seconds(tmp_path / "none") == 0  # counted in the spec's seconds
     monkeypatch.undo()
     said = []
     resumed = train(shapes, log=said.append, progress=progress)
@@ -57,6 +58,7 @@ def test_a_damaged_progress_file_is_set_aside_and_training_starts_over(shapes, t
     whole = train(shapes, log=lambda *_: None)
     progress = tmp_path / "x.safetensors"
     progress.write_bytes(b"not a state")
+    assert kept_seconds(progress) == 0
     said = []
     again = train(shapes, log=said.append, progress=progress)
     assert any("cannot be read" in line and "from the start" in line for line in said)
