@@ -60,15 +60,24 @@ class KeptProgress:
             self.said = now
             self.log(f"  {self.what}: step {step}/{self.total}, " + ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
                      + f", {self.seconds:.0f} s")
+        kept = False
         if self.path is not None and (self.stop.requested or now - self.saved >= self.save_every):
-            self.save(step)
+            try:
+                self.save(step)
+                kept = True
+            except GenlabError as err:  # a full disk must not end a training that can still finish
+                self.log(f"  could not keep the {self.what}'s progress ({err}); training goes on")
             self.saved = time.monotonic()
         if self.stop.requested:
-            raise KeyboardInterrupt(f"the {self.what} stopped at step {step}/{self.total}; its progress is kept in "
-                                    "genlab's cache, and the same command continues it")
+            raise KeyboardInterrupt(f"the {self.what} stopped at step {step}/{self.total}; " + (
+                "its progress is kept in genlab's cache, and the same command continues it" if kept else
+                "its progress could not be kept (see above)"))
 
     def save(self, step: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise GenlabError(f"could not make {self.path.parent}: {err.strerror or err}") from None
         save_state(self.path, {**{k: v.state_dict() for k, v in self.parts.items()}, "generator": self.gen.get_state(),
                                "torch_rng": torch.get_rng_state(), "step": step, "seconds": self.seconds,
                                "losses": {k: float(v) for k, v in self.last.items()}})

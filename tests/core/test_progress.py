@@ -71,3 +71,14 @@ def test_without_a_file_nothing_is_kept_and_ctrl_c_is_ctrl_c(shapes, monkeypatch
     with pytest.raises(KeyboardInterrupt) as caught:
         train(shapes, log=lambda *_: None)
     assert "progress is kept" not in str(caught.value)
+
+
+def test_a_progress_that_cannot_be_written_does_not_end_the_training(tmp_path):
+    (tmp_path / "file").write_text("a file where the folder would be")
+    net, said = torch.nn.Linear(2, 2), []
+    kept = KeptProgress("toy", 3, tmp_path / "file" / "x.safetensors", {"net": net}, torch.Generator(), said.append,
+                        save_every=0.0)
+    with kept:
+        for step in kept.steps():
+            kept.after(step, {"loss": 1.0})
+    assert sum("could not keep the toy's progress" in line for line in said) == 3 and kept.last == {"loss": 1.0}
