@@ -58,8 +58,8 @@ class KeptProgress:
         now = time.monotonic()
         if step % 500 == 0 or step == self.total or now - self.said >= SAY_EVERY:
             self.said = now
-            self.log(f"  {self.what}: step {step}/{self.total}, " + ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
-                     + f", {self.seconds:.0f} s")
+            numbers = ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+            self.log(f"  {self.what}: step {step}/{self.total}, {numbers}, {self.seconds:.0f} s")
         kept = False
         if self.path is not None and (self.stop.requested or now - self.saved >= self.save_every):
             try:

@@ -1,7 +1,7 @@
 """Ctrl-C and SIGTERM as a request to stop where the work can be kept, not as a kill.
 
-Used by the training loop (stop after the current step, save a checkpoint) and by a first stage's
-training (stop after the current step, save its progress in the cache).
+Used by the training loop (stop after the current step, save a checkpoint) and by the trainings
+genlab caches (stop after the current step, keep its progress: genlab.core.progress).
 """
 
 from __future__ import annotations

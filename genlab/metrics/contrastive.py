@@ -57,7 +57,8 @@ def views(x: torch.Tensor, policy: tuple[str, ...]) -> torch.Tensor:
     return ((augment(x * 2 - 1, policy) + 1) / 2).clamp(0, 1)
 
 
-def train_contrastive(train: ImageSet, recipe: ContrastiveRecipe, log=print, progress: Path | None = None) -> FeatureEncoder:
+def train_contrastive(train: ImageSet, recipe: ContrastiveRecipe, log=print,
+                      progress: Path | None = None) -> FeatureEncoder:
     """The fixed recipe, from a fixed seed; the global random state is left as it was. With
     `progress`, a file that keeps an interrupted training for the next call (genlab.core.progress)."""
     with torch.random.fork_rng(devices=[]):

@@ -157,7 +157,8 @@ def accuracy(extractor_net: DomainClassifier, data: ImageSet) -> float:
     return correct / len(data)
 
 
-def train_classifier(train: ImageSet, recipe: FeatureRecipe, log=print, progress: Path | None = None) -> DomainClassifier:
+def train_classifier(train: ImageSet, recipe: FeatureRecipe, log=print,
+                     progress: Path | None = None) -> DomainClassifier:
     """The fixed recipe: Adam with a cosine-decayed learning rate, shifted batches, cross-entropy.
     The global random state is left as it was (training with --eval-every may build the extractor
     after seeding the model: a cached and a fresh extractor must leave the same run). With

@@ -318,7 +318,8 @@ def train_first_stage(data: ImageSet, settings: FirstStageSettings, log=print, p
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, s.steps)
         disc = PatchDiscriminator(data.shape[0]) if s.adversarial else None
         opt_d = torch.optim.Adam(disc.parameters(), lr=s.lr, betas=(0.5, 0.9)) if disc else None
-        parts = {"model": model, "opt": opt, "schedule": schedule, **({"disc": disc, "opt_d": opt_d} if disc else {})}
+        parts = {"model": model, "opt": opt, "schedule": schedule,
+                 **({"disc": disc, "opt_d": opt_d} if disc else {})}
         with KeptProgress(f"first stage ({s.kind})", s.steps, progress, parts, gen, log, save_every) as kept:
             for step in kept.steps():
                 kept.after(step, first_stage_step(model, opt, schedule, disc, opt_d, data, s, step, gen))
