@@ -89,7 +89,8 @@ def cmd_sample(argv: list[str]) -> int:
     from genlab.config import parse_command
     from genlab.generate import SampleOptions, sample_command
 
-    out, n = sample_command(parse_command("genlab sample", SampleOptions, argv, COMMANDS["sample"]))
+    out, n = sample_command(parse_command("genlab sample", SampleOptions, argv, COMMANDS["sample"]),
+                            log=lambda text: print(text, file=sys.stderr))
     print(f"wrote {n} images to {out}")
     return 0
 

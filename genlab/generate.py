@@ -8,6 +8,7 @@ batches with the family's typed sampling options.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ class SampleOptions:
         return options
 
 
-def sample_command(opts: SampleOptions) -> tuple[Path, int]:
+def sample_command(opts: SampleOptions, log=None) -> tuple[Path, int]:
     """Do what `genlab sample` is asked: (where the images went, how many)."""
     model = load(opts.run, weights=opts.weights)
     trained_on = model.family.image_shape[0]
@@ -79,7 +80,7 @@ def sample_command(opts: SampleOptions) -> tuple[Path, int]:
     mix = data_mix(model, opts.run) if opts.wants_data_mix() else None
     labels = labels_for(model.family, opts.n, opts.wanted_labels(), mix)
     images = sample_from(model.family, opts.n, seed=opts.seed, batch_size=opts.batch_size, labels=labels,
-                         options=opts.sampling_options())
+                         options=opts.sampling_options(), log=log)
     return save_samples(images, opts.out, labels), len(images)
 
 
@@ -214,16 +215,28 @@ def sampling_options(model, given: dict | None) -> dict:
     return dataclasses.asdict(common.sampling_options(model.sampling_defaults(), given or {}))
 
 
+SAY_EVERY = 10.0  # seconds: a long sampling says how far it is after a batch, at most this often
+
+
 def sample_from(model, n: int, seed: int = 0, batch_size: int = SampleOptions.batch_size, labels: torch.Tensor | None = None,
-                options: dict | None = None) -> torch.Tensor:
-    """`n` uint8 images from a family in batches; the same seed gives the same images."""
+                options: dict | None = None, log=None) -> torch.Tensor:
+    """`n` uint8 images from a family in batches; the same seed gives the same images. With `log`,
+    a line after a batch when SAY_EVERY seconds have passed since the last (a diffusion model's 10,000
+    samples take minutes on a CPU)."""
     generator = torch.Generator().manual_seed(seed)
     if labels is None:
         labels = labels_for(model, n)
     kwargs = sampling_options(model, options)
-    parts = [model.sample(min(batch_size, n - start), generator=generator, **kwargs,
-                          **({"labels": labels[start:start + batch_size]} if labels is not None else {}))
-             for start in range(0, n, batch_size)]
+    parts, started = [], time.monotonic()
+    said = started
+    for start in range(0, n, batch_size):
+        parts.append(model.sample(min(batch_size, n - start), generator=generator, **kwargs,
+                                  **({"labels": labels[start:start + batch_size]} if labels is not None else {})))
+        done, now = start + len(parts[-1]), time.monotonic()
+        if log is not None and done < n and now - said >= SAY_EVERY:
+            said = now
+            log(f"sampled {done}/{n} images in {now - started:.0f} s, about {(now - started) / done * (n - done):.0f} s "
+                "to go")
     return torch.cat(parts)
 
 

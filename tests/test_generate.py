@@ -65,6 +65,18 @@ def test_the_same_seed_gives_the_same_images_in_any_batching():
     assert a.shape == (10, 1, 28, 28) and a.dtype == torch.uint8
 
 
+def test_long_sampling_says_how_far_it_is_and_the_images_stay_the_same(monkeypatch):
+    from genlab import generate
+
+    vae, said = model(), []
+    quiet = sample_from(vae, 5, seed=4, batch_size=2)
+    assert torch.equal(quiet, sample_from(vae, 5, seed=4, batch_size=2, log=said.append)) and said == []  # fast
+    monkeypatch.setattr(generate, "SAY_EVERY", 0.0)  # as if each batch took long
+    assert torch.equal(quiet, sample_from(vae, 5, seed=4, batch_size=2, log=said.append))
+    assert [line.split(" in ")[0] for line in said] == ["sampled 2/5 images", "sampled 4/5 images"]
+    assert all(line.endswith(" s to go") for line in said)
+
+
 def test_samples_as_npz_and_as_pngs(tmp_path):
     images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
     save_samples(images, tmp_path / "s.npz", torch.tensor([1, 2, 3]))

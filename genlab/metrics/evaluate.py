@@ -230,7 +230,7 @@ def evaluate_run(run_dir: str | Path, n: int = EvalOptions.n, seed: int = EvalOp
     `save` keeps the result as the run's eval.json, which report, compare and serve show."""
     config, model, meta = load_run(run_dir)
     labels = labels_for(model, n, proportions=meta.get("class_counts"))  # the data's mix of classes
-    images = sample_from(model, n, seed=seed, labels=labels)
+    images = sample_from(model, n, seed=seed, labels=labels, log=log)
     result = evaluate(images, data=config.data, features=features, seed=seed, model=model, ppl_samples=ppl_samples,
                       log=log)
     result["run"] = str(run_dir)
