@@ -389,6 +389,9 @@ def _get_first_stage(data: ImageSet, settings: FirstStageSettings, heldout: Imag
         except (OSError, json.JSONDecodeError):
             continue  # a damaged entry is retrained, never trusted
         if all(spec.get(k) == v for k, v in wanted.items()) and (spec_path.parent / WEIGHTS).is_file():
+            psnr = spec.get("heldout_psnr")
+            log(f"first stage {spec.get('name')} from the cache (trained once in {spec.get('train_seconds', 0):.0f} s"
+                + (f", held-out PSNR {psnr:.1f} dB)" if psnr else ")"))
             return load_first_stage(spec_path.parent), spec
     log(f"training the first stage ({settings.kind}) for {data.name} once (cached afterwards)...")
     key = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]

@@ -121,8 +121,10 @@ def test_the_first_stage_is_cached_and_reused_not_retrained(digits, monkeypatch)
     from genlab.models import first_stage
 
     monkeypatch.setattr(first_stage, "train_first_stage", lambda *a, **k: pytest.fail("retrained"))
-    again, spec_again = get_first_stage(digits, settings, log=lambda *_: None)
+    said = []
+    again, spec_again = get_first_stage(digits, settings, log=said.append)
     assert spec_again["name"] == spec["name"] and spec["name"].startswith("mnist-sample-kl-")
+    assert said == [f"first stage {spec['name']} from the cache (trained once in {spec['train_seconds']:.0f} s)"]
     assert all(equal_tensors(first, again))
     assert "crop" not in spec["settings"]  # entries cached before crops existed are found as before
     with pytest.raises(pytest.fail.Exception, match="retrained"):  # crops make another first stage
