@@ -79,3 +79,14 @@ def write_colour_folder(root, n=40, size=40, classes=("squares", "discs"), seed=
             image = image.convert("P")
         image.save(folder / f"{i:03d}.png")
     return root
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT as a terminal gives it (KeyboardInterrupt) for one test: a shell starts background jobs,
+    as CI may start pytest, with SIGINT ignored."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

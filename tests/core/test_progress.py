@@ -18,6 +18,11 @@ TRAININGS = {  # name: (train(data, log, progress), its tiny recipe's steps)
 }
 
 
+@pytest.fixture(autouse=True)
+def _terminal(ctrl_c_raises):
+    pass
+
+
 @pytest.fixture(scope="module")
 def shapes():
     gen = torch.Generator().manual_seed(0)

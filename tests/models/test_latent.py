@@ -131,7 +131,7 @@ def test_the_first_stage_is_cached_and_reused_not_retrained(digits, monkeypatch)
         get_first_stage(digits, FirstStageSettings(kind="kl", crop=16, **QUICK), log=lambda *_: None)
 
 
-def test_an_interrupted_first_stage_continues_to_the_same_bits(digits, monkeypatch):
+def test_an_interrupted_first_stage_continues_to_the_same_bits(digits, monkeypatch, ctrl_c_raises):
     import signal
 
     from genlab.models import first_stage
