@@ -7,6 +7,8 @@ uninterrupted training (the state of its nets, optimisers, schedule and both ran
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -17,6 +19,14 @@ from genlab.core.signals import StopRequest
 from genlab.errors import GenlabError
 
 SAY_EVERY = 30.0  # seconds between two progress lines at most (and a line every 500 steps)
+UNFINISHED = "unfinished"  # a cache's folder of the trainings that were interrupted
+
+
+def progress_file(cache: Path, identity) -> Path:
+    """Where an interrupted training of the cache entry that `identity` (JSON-able: data, settings,
+    recipe) names keeps its progress, in the cache folder `cache`."""
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return cache / UNFINISHED / f"{key}.safetensors"
 
 
 class KeptProgress:

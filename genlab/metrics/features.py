@@ -18,7 +18,6 @@ so a number always says which features it was measured in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -33,10 +32,9 @@ from genlab.data import ImageSet, load_dataset, load_heldout, with_split
 from genlab.errors import GenlabError
 from genlab.paths import cache_dir
 from genlab.core.checkpoint import load_into, load_state, save_state, weights_hash
-from genlab.core.progress import KeptProgress, kept_seconds
+from genlab.core.progress import KeptProgress, kept_seconds, progress_file
 
 WEIGHTS, SPEC = "extractor.safetensors", "spec.json"
-UNFINISHED = "unfinished"  # the cache's folder of extractors whose training was interrupted
 
 
 @dataclass(frozen=True)
@@ -208,8 +206,7 @@ def find_cached(dataset: str, checksum: str, recipe, kind: str = "classifier") -
 
 def unfinished_path(dataset: str, checksum: str, recipe, kind: str) -> Path:
     """Where an interrupted training of this extractor keeps its progress (genlab.core.progress)."""
-    key = hashlib.sha256(json.dumps([dataset, checksum, asdict(recipe), kind]).encode()).hexdigest()[:16]
-    return cache_dir() / "features" / UNFINISHED / f"{key}.safetensors"
+    return progress_file(cache_dir() / "features", [dataset, checksum, asdict(recipe), kind])
 
 
 def load_extractor(path: str | Path) -> Extractor:

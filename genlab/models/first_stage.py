@@ -20,7 +20,6 @@ Training it takes minutes at 64 px, so an interrupted training keeps its progres
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -33,7 +32,7 @@ from torch import nn
 
 from genlab.config import option
 from genlab.core.checkpoint import load_into, load_state, save_state, weights_hash
-from genlab.core.progress import KeptProgress
+from genlab.core.progress import KeptProgress, progress_file
 from genlab.data import ImageSet
 from genlab.errors import GenlabError
 from genlab.models.common import psnr, to_uint8, to_unit
@@ -42,7 +41,6 @@ from genlab.paths import cache_dir
 
 KINDS = ("kl", "vq")
 WEIGHTS, SPEC = "first_stage.safetensors", "spec.json"
-UNFINISHED = "unfinished"  # the cache's folder of first stages whose training was interrupted
 
 
 @dataclass(frozen=True)
@@ -394,8 +392,7 @@ def _get_first_stage(data: ImageSet, settings: FirstStageSettings, heldout: Imag
                 + (f", held-out PSNR {psnr:.1f} dB)" if psnr else ")"))
             return load_first_stage(spec_path.parent), spec
     log(f"training the first stage ({settings.kind}) for {data.name} once (cached afterwards)...")
-    key = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
-    progress = root / UNFINISHED / f"{key}.safetensors"  # an interrupted training of this entry
+    progress = progress_file(root, wanted)  # an interrupted training of this entry
     model, record = train_first_stage(data, settings, log, progress=progress)
     digest = weights_hash(model)
     name = f"{data.name.replace(':', '-').replace('/', '-')}-{settings.kind}-{digest[:8]}"

@@ -287,11 +287,11 @@ def compare_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
-def comparability(rows: list[dict]) -> list[str]:
-    """Why some of the evaluated runs' scores cannot be ranked against each other: FID, KID, precision
-    and recall are distances in one feature space (another extractor, or the same name's features of
-    another dataset, measures something else), and FID falls as more samples are scored."""
-    scored = [r for r in rows if r["fid"] is not None]
+def comparability(scored: list[dict]) -> list[str]:
+    """Why some of the evaluated runs' scores (`scored`: rows with an FID) cannot be ranked against each
+    other: FID, KID, precision and recall are distances in one feature space (another extractor, or the
+    same name's features of another dataset, measures something else), and FID falls as more samples
+    are scored."""
     notes = []
     spaces = sorted({space(r) for r in scored})
     if len(spaces) > 1:
@@ -350,7 +350,8 @@ def compare_runs(runs: list[str | Path], out: str | Path = CompareOptions.out,
         run.weights()  # refuses a run that has not finished
     rows = ranked([run_row(r) for r in opened])
     head, body = compare_table(rows)
-    notes = comparability(rows)
+    scored = [r for r in rows if r["fid"] is not None]
+    notes = comparability(scored)
     out = Path(out)
     files = out.parent / f"{out.stem}_files"
     sections = [f"<h1>genlab comparison of {len(rows)} runs</h1>",
@@ -358,7 +359,6 @@ def compare_runs(runs: list[str | Path], out: str | Path = CompareOptions.out,
                         + "<p>Each run's metrics come from its eval.json (`genlab eval RUN`); a dash: not evaluated "
                           "or not defined for the family.</p>"
                         + "".join(f'<div class="diag">{html.escape(note)}</div>' for note in notes))]
-    scored = [r for r in rows if r["fid"] is not None]
     if scored:
         path = plot_file(files, "quality_vs_time")
         plots.plot_quality_vs_time([{**r, "space": space(r)} for r in scored], path)

@@ -134,6 +134,7 @@ def test_the_first_stage_is_cached_and_reused_not_retrained(digits, monkeypatch)
 def test_an_interrupted_first_stage_continues_to_the_same_bits(digits, monkeypatch, ctrl_c_raises):
     import signal
 
+    from genlab.core.progress import UNFINISHED
     from genlab.models import first_stage
     from genlab.paths import cache_dir
 
@@ -152,7 +153,7 @@ def test_an_interrupted_first_stage_continues_to_the_same_bits(digits, monkeypat
     def power_cut():
         raise RuntimeError("power cut")
 
-    unfinished = cache_dir() / "first_stage" / first_stage.UNFINISHED
+    unfinished = cache_dir() / "first_stage" / UNFINISHED
     monkeypatch.setattr(first_stage, "first_stage_step", stopping(30, lambda: signal.raise_signal(signal.SIGINT)))
     with pytest.raises(KeyboardInterrupt, match="stopped at step 30/60; its progress is kept"):
         get_first_stage(digits, settings, log=lambda *_: None)
