@@ -30,12 +30,13 @@ def shapes():
     return ImageSet(images, torch.arange(64) % 4, "noise", [str(i) for i in range(4)])
 
 
-def interrupt_at(monkeypatch, at: int) -> None:
+def interrupt_at(monkeypatch, at: int, how=lambda: signal.raise_signal(signal.SIGINT)) -> None:
+    """Make `how` happen during step `at` of every cached training (by default Ctrl-C)."""
     after = KeptProgress.after
 
     def patched(self, step, losses):
         if step == at:
-            signal.raise_signal(signal.SIGINT)  # as Ctrl-C during this step
+            how()
         return after(self, step, losses)
 
     monkeypatch.setattr(KeptProgress, "after", patched)

@@ -137,36 +137,29 @@ def test_an_interrupted_first_stage_continues_to_the_same_bits(digits, monkeypat
     from genlab.core.progress import UNFINISHED
     from genlab.models import first_stage
     from genlab.paths import cache_dir
+    from tests.core.test_progress import interrupt_at
 
     settings = FirstStageSettings(kind="vq", codebook_size=32, adversarial=0.2, seed=11, **QUICK)  # D joins at 21
     whole, _ = train_first_stage(digits, settings, log=lambda *_: None)
-    step = first_stage.first_stage_step
-
-    def stopping(at, how):
-        def patched(*args):
-            logs = step(*args)
-            if args[7] == at:  # the step number
-                how()
-            return logs
-        return patched
 
     def power_cut():
         raise RuntimeError("power cut")
 
     unfinished = cache_dir() / "first_stage" / UNFINISHED
-    monkeypatch.setattr(first_stage, "first_stage_step", stopping(30, lambda: signal.raise_signal(signal.SIGINT)))
+    interrupt_at(monkeypatch, 30)  # Ctrl-C
     with pytest.raises(KeyboardInterrupt, match="stopped at step 30/60; its progress is kept"):
         get_first_stage(digits, settings, log=lambda *_: None)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
     assert len(list(unfinished.iterdir())) == 1
     # a crash between saves: what was saved (here every step) is where the next call goes on from
-    monkeypatch.setattr(first_stage, "first_stage_step", stopping(45, power_cut))
+    monkeypatch.undo()
+    interrupt_at(monkeypatch, 45, power_cut)
     monkeypatch.setattr(first_stage, "train_first_stage", functools.partial(train_first_stage, save_every=0.0))
     said = []
     with pytest.raises(RuntimeError, match="power cut"):
         get_first_stage(digits, settings, log=said.append)
     assert any("continuing the first stage (vq) from step 30/60" in line for line in said)
-    monkeypatch.setattr(first_stage, "first_stage_step", step)
+    monkeypatch.undo()
     said.clear()
     resumed, spec = get_first_stage(digits, settings, log=said.append)
     assert any("from step 44/60" in line for line in said)
