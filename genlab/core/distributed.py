@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from genlab.errors import GenlabError
+
+# How long `barrier` waits for a rank's work done alone (the first rank training a first stage or a
+# feature extractor into the cache before the others read it: a quarter of an hour and more on a
+# CPU). A collective of the process group gives up after torch's default (30 minutes on gloo, 10 on
+# NCCL) and would kill a run whose set-up takes longer; if the first rank fails instead, torchrun
+# stops the others, so a long wait here never hangs a run.
+SETUP_TIMEOUT = timedelta(hours=24)
+_setup_group = None
 
 
 @dataclass(frozen=True)
@@ -28,8 +37,10 @@ class Ranks:
         return self.rank == 0
 
 
-def init_from_env(device: torch.device) -> Ranks:
-    """Join the process group when launched by torchrun with more than one process."""
+def init_from_env(device: torch.device, timeout: timedelta | None = None) -> Ranks:
+    """Join the process group when launched by torchrun with more than one process (its collectives
+    wait `timeout` at most; None: torch's default), and a gloo group for `barrier`."""
+    global _setup_group
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Ranks()
@@ -37,7 +48,8 @@ def init_from_env(device: torch.device) -> Ranks:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         try:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=timeout)
+            _setup_group = dist.new_group(backend="gloo", timeout=SETUP_TIMEOUT)
         except (RuntimeError, ValueError) as err:
             raise GenlabError(f"could not join the torchrun process group ({err}); check the "
                               "rendezvous address and that every node runs the same command") from None
@@ -79,10 +91,13 @@ def broadcast_params(modules) -> None:
 
 
 def barrier() -> None:
+    """Wait for every rank, up to SETUP_TIMEOUT: for the work one rank does alone before training."""
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=_setup_group)
 
 
 def shutdown() -> None:
+    global _setup_group
     if dist.is_initialized():
         dist.destroy_process_group()
+    _setup_group = None

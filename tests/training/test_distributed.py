@@ -1,10 +1,20 @@
 """Data parallelism under torchrun on the CPU (gloo, 2 processes, loopback only)."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from genlab.core import distributed
 
 from tests.training.test_resume import assert_same_bits, full_state
 
@@ -75,3 +85,32 @@ def test_a_decayed_rate_is_the_same_on_every_rank(tmp_path):
     a, b = full_state(tmp_path / "ddp"), full_state(tmp_path / "single")
     nets = [k for k in a if k.startswith("/G/") or k.startswith("/D/")]
     assert max((a[k] - b[k]).abs().max().item() for k in nets) < 1e-5
+
+
+def alone_then_together(rank: int, port: int, folder: str) -> None:
+    """One rank of `test_the_others_wait_for_work_the_first_rank_does_alone`: the process group's
+    collectives may wait 2 s, and the first rank works alone for 6 s before the barrier."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    distributed.init_from_env(torch.device("cpu"), timeout=timedelta(seconds=2))
+    try:
+        if rank == 0:
+            time.sleep(6)  # a first stage or a feature extractor trained into the cache
+        distributed.barrier()
+        total = torch.tensor([rank + 1.0])
+        dist.all_reduce(total)  # the group works after the wait
+        (Path(folder) / f"rank{rank}").write_text(str(total.item()))
+    finally:
+        distributed.shutdown()
+
+
+def test_the_others_wait_for_work_the_first_rank_does_alone(tmp_path):
+    """Under torchrun the first rank trains a first stage (or --eval-every's feature extractor) while
+    the others wait at `distributed.barrier`. That wait is not bound by the process group's timeout
+    (30 minutes on gloo, 10 on NCCL: shorter than a first stage can take), which would kill the
+    waiting ranks: here the group's timeout is 2 s and the first rank's work 6 s."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(alone_then_together, args=(port, str(tmp_path)), nprocs=2)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["3.0", "3.0"]
