@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     except GenlabError as err:
         print(f"genlab {command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:
-        print(f"genlab {command}: interrupted; {err or 'nothing was saved'}", file=sys.stderr)
+    except KeyboardInterrupt as err:  # training's own says what it kept; a bare Ctrl-C elsewhere says nothing
+        print(f"genlab {command}: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
         return 130
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import torch
 
+import genlab.cli as genlab_cli
 from genlab.cli import main
 from genlab.models.common import proportional_labels
 from tests.training.test_trainer import final_weights
@@ -65,6 +66,17 @@ def bad(capsys, *argv):
     code = main(list(map(str, argv)))
     err = capsys.readouterr().err
     return code, err
+
+
+@pytest.mark.parametrize("raised, said", [
+    (KeyboardInterrupt(), "genlab eval: interrupted\n"),  # a bare Ctrl-C: no dangling "; "
+    (KeyboardInterrupt("stopped at step 7; checkpoint saved"), "genlab eval: interrupted; stopped at step 7; checkpoint saved\n"),
+])
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, raised, said):
+    def interrupted(argv):
+        raise raised
+    monkeypatch.setitem(genlab_cli.HANDLERS, "eval", interrupted)
+    assert bad(capsys, "eval", "runs/r") == (130, said)
 
 
 @pytest.mark.parametrize("argv, message", [
