@@ -82,12 +82,14 @@ def rank0_value(value: float, ranks: Ranks, device: torch.device) -> float:
     return float(t.item())
 
 
-def broadcast_params(modules) -> None:
-    """Start every rank from rank 0's weights."""
+def broadcast_state(modules) -> None:
+    """Start every rank from rank 0's weights and buffers. Buffers matter: a first stage's latent
+    scale and VQ codebook are buffers, and a rank on another node with a cache of its own has
+    trained its own first stage, not bit for bit rank 0's on a GPU or another CPU."""
     if dist.is_initialized():
         for module in modules:
-            for p in module.parameters():
-                dist.broadcast(p.data, src=0)
+            for t in (*module.parameters(), *module.buffers()):
+                dist.broadcast(t.data, src=0)
 
 
 def barrier() -> None:

@@ -205,6 +205,25 @@ class Runtime:
     def global_batch(self, local: int) -> int:
         return local * self.world_size
 
+    def drawn(self, draw, shape: tuple[int, ...]) -> torch.Tensor:
+        """`draw(size, device=)` for the global batch (shape[0], this rank's batch, times the ranks),
+        this rank's part. Every rank's generator is seeded alike, so N ranks draw what one process
+        with the whole batch draws, where each drawing its own would give N copies of the same noise
+        (every family's noise, masks and augmentations go through here; one process: a plain draw)."""
+        return self.shard(draw((self.global_batch(shape[0]), *shape[1:]), device=self.device))
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) noise for this rank's share of a batch (`drawn`)."""
+        return self.drawn(torch.rand, shape)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal noise for this rank's share of a batch (`drawn`)."""
+        return self.drawn(torch.randn, shape)
+
+    def randint(self, low: int, high: int, *shape: int) -> torch.Tensor:
+        """Integers in [low, high) for this rank's share of a batch (`drawn`)."""
+        return self.drawn(lambda size, device: torch.randint(low, high, size, device=device), shape)
+
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 

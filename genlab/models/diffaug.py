@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genlab.core.runtime import Runtime
+
 POLICIES = ("translation", "cutout", "color")
 
 
@@ -27,24 +29,27 @@ def parse_policy(text: str) -> tuple[str, ...]:
     return parts
 
 
-def augment(x: torch.Tensor, policy: tuple[str, ...]) -> torch.Tensor:
+def augment(x: torch.Tensor, policy: tuple[str, ...], rt: Runtime | None = None) -> torch.Tensor:
+    """`x` through the policy's transformations, each drawn per image (by `rt`: under torchrun this
+    rank's share of draws for the global batch)."""
+    rt = rt or Runtime(x.device)
     for name in policy:
-        x = {"translation": translation, "cutout": cutout, "color": color}[name](x)
+        x = {"translation": translation, "cutout": cutout, "color": color}[name](x, rt)
     return x
 
 
-def color(x: torch.Tensor) -> torch.Tensor:
+def color(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     b = x.shape[0]
-    x = x + (torch.rand(b, 1, 1, 1, device=x.device) - 0.5)  # brightness
+    x = x + (rt.rand(b, 1, 1, 1) - 0.5)  # brightness
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (torch.rand(b, 1, 1, 1, device=x.device) + 0.5) + mean  # contrast
+    return (x - mean) * (rt.rand(b, 1, 1, 1) + 0.5) + mean  # contrast
 
 
-def translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
+def translation(x: torch.Tensor, rt: Runtime, ratio: float = 0.125) -> torch.Tensor:
     b, _, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    dy = torch.randint(-sh, sh + 1, (b, 1, 1), device=x.device)
-    dx = torch.randint(-sw, sw + 1, (b, 1, 1), device=x.device)
+    dy = rt.randint(-sh, sh + 1, b, 1, 1)
+    dx = rt.randint(-sw, sw + 1, b, 1, 1)
     gy, gx = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
     ys = (gy.unsqueeze(0) + dy + 1).clamp(0, h + 1)  # index into the zero-padded image
     xs = (gx.unsqueeze(0) + dx + 1).clamp(0, w + 1)
@@ -54,11 +59,11 @@ def translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     return flat.gather(2, index).view_as(x)
 
 
-def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
+def cutout(x: torch.Tensor, rt: Runtime, ratio: float = 0.5) -> torch.Tensor:
     b, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    cy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=x.device)
-    cx = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=x.device)
+    cy = rt.randint(0, h + (1 - ch % 2), b, 1, 1)
+    cx = rt.randint(0, w + (1 - cw % 2), b, 1, 1)
     gy, gx = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
     top, left = cy - ch // 2, cx - cw // 2  # [B, 1, 1]
     inside = (gy >= top) & (gy < top + ch) & (gx >= left) & (gx < left + cw)

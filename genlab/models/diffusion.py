@@ -320,13 +320,13 @@ class Diffusion:
         """One Adam step on E_t,eps ||target - UNet(x_t, t)||^2 with t uniform and target eps or v."""
         rt, cfg = self.rt, self.config
         x0 = self.to_space(images)
-        t = torch.randint(0, cfg.timesteps, (len(x0),), device=self.device)
-        noise = torch.randn_like(x0)
+        t = rt.randint(0, cfg.timesteps, len(x0))
+        noise = rt.randn(*x0.shape)
         x_t = self.schedule.q_sample(x0, t, noise)
         y = None
         if self.conditional_classes:  # label dropout teaches the same net the unconditional eps
             y = labels.to(self.device).clone()
-            y[torch.rand(len(y), device=self.device) < cfg.label_dropout] = self.conditional_classes
+            y[rt.rand(len(y)) < cfg.label_dropout] = self.conditional_classes
         target = noise if cfg.prediction == "eps" else self.schedule.v_target(x0, t, noise)
         with rt.autocast():
             out = self.unet(x_t, t, y).float()

@@ -33,6 +33,7 @@ from torch import nn
 from genlab.config import option
 from genlab.core.checkpoint import load_into, load_state, save_state, weights_hash
 from genlab.core.progress import KeptProgress, progress_file
+from genlab.core.runtime import Runtime
 from genlab.data import ImageSet
 from genlab.errors import GenlabError
 from genlab.models.common import psnr, to_uint8, to_unit
@@ -248,14 +249,16 @@ class FirstStage(nn.Module):
             return self.quantise(self.encoder(x))[1]
         return torch.cat(self.moments(x), 1)
 
-    def draw(self, codes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """What the prior models, from `codes`: kl, a draw of q(z|x) scaled to unit variance (the
-        global stream, or `generator`); vq, the tokens themselves."""
+    def draw(self, codes: torch.Tensor, generator: torch.Generator | None = None,
+             rt: Runtime | None = None) -> torch.Tensor:
+        """What the prior models, from `codes`: kl, a draw of q(z|x) scaled to unit variance (from
+        `generator`, or the global stream through `rt`: a prior's training step under torchrun draws
+        its share of the global batch's); vq, the tokens themselves."""
         if self.codebook is not None:
             return codes
         mean, logvar = codes.chunk(2, 1)
         noise = torch.randn(mean.shape, generator=generator).to(mean.device) if generator is not None \
-            else torch.randn_like(mean)
+            else (rt or Runtime(mean.device)).randn(*mean.shape)
         return (mean + (0.5 * logvar).exp() * noise) * self.scale
 
     @torch.no_grad()
@@ -546,7 +549,7 @@ class LatentPrior:
         images' encodings where attached, computed now otherwise."""
         model = self.slot.require()
         codes = self.encodings.find(images) if self.encodings is not None else None
-        return model.draw(model.codes(images.to(self.device)) if codes is None else codes)
+        return model.draw(model.codes(images.to(self.device)) if codes is None else codes, rt=self.rt)
 
     def reconstruct(self, images: torch.Tensor, labels=None) -> torch.Tensor:
         """uint8 images through the first stage: the best any prior over its latents can do."""

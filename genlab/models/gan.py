@@ -146,10 +146,10 @@ def g_loss(d_fake: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
     return -d_fake.mean()  # hinge and wgan-gp
 
 
-def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels) -> torch.Tensor:
+def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels, rt: Runtime | None = None) -> torch.Tensor:
     """E[(||grad D(x_hat)|| - 1)^2] on x_hat = eps x + (1 - eps) G(z), with ONE eps per sample
     (broadcast over its pixels; one per pixel is a known bug of popular code)."""
-    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    eps = (rt or Runtime(real.device)).rand(real.shape[0], 1, 1, 1)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     grad, = torch.autograd.grad(D(x_hat, labels).sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
@@ -244,13 +244,12 @@ class Gan:
 
     def _generate(self, batch: int, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """(G(z), z) for a batch."""
-        # z for the whole global batch, this rank's share: N ranks compute what one process does
-        z = self.rt.shard(torch.randn(self.rt.global_batch(batch), self.config.latent_dim, device=self.device))
+        z = self.rt.randn(batch, self.config.latent_dim)
         with self.rt.autocast():
             return self.G(z, labels), z
 
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
-        return augment(x, self.policy) if self.policy else x
+        return augment(x, self.policy, self.rt) if self.policy else x
 
     def _update_d(self, x, fake, labels, index: int = 0) -> dict[str, float]:
         """D's update number `index` of this step's d_steps; lazy R1 counts D's updates from
@@ -266,7 +265,7 @@ class Gan:
             if cfg.lecam > 0:
                 loss = loss + cfg.lecam * self._lecam(d_real, d_fake, index)
             if kind == "wgan-gp":
-                loss = loss + cfg.gp_weight * gradient_penalty(self.D, x_in, fake_in, labels)
+                loss = loss + cfg.gp_weight * gradient_penalty(self.D, x_in, fake_in, labels, self.rt)
             if r1:
                 loss = loss + cfg.r1 / 2 * cfg.r1_every * r1_penalty(d_real, x_in)
         self.opt_D.zero_grad(set_to_none=True)

@@ -311,7 +311,7 @@ class Transformer:
         y = labels if self.conditional_classes else None
         inputs = self._inputs(targets, y)
         if self.guidable:  # label dropout teaches the same net the unconditional distribution
-            drop = torch.rand(len(inputs), device=self.device) < self.config.label_dropout
+            drop = rt.rand(len(inputs)) < self.config.label_dropout
             inputs[drop, 0] = self.null_start
         with rt.autocast():
             logits = self.net(inputs)

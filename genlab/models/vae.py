@@ -261,7 +261,7 @@ class Vae:
         x = images.float() / 255
         if self.config.likelihood == "bernoulli":
             u = torch.rand(x.shape, generator=binarise_with).to(self.device) if binarise_with is not None \
-                else torch.rand_like(x)
+                else self.rt.rand(*x.shape)
             x_bin = (u < x).float()
             return x_bin, x_bin
         return x, images
@@ -289,7 +289,7 @@ class Vae:
         with rt.autocast():
             mu, logvar = self.encoder(x_in, y)
             mu, logvar = mu.float(), logvar.float()
-            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
+            z = mu + rt.randn(*mu.shape) * (0.5 * logvar).exp()  # reparameterisation
             rec = -self._log_px(self.decoder(z, y), target).mean()
             kl = gaussian_kl(mu, logvar).mean()
             loss = rec + self.kl_weight() * kl

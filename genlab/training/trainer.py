@@ -250,14 +250,16 @@ def main_rank_log(ranks: distributed.Ranks):
 def prepare(model, data: ImageSet, config: RunConfig, ranks: distributed.Ranks) -> tuple[dict | None, float]:
     """What a `Prepared` family needs before its first step (a latent family's first stage, from
     the cache or trained now), and the seconds it took. Under torchrun the first rank fills the cache
-    before the others read it."""
+    before the others read it; then the first rank of each other node (its cache may be its own:
+    filled now, once a node), then the rest. Rank 0's result is broadcast to all after."""
     if not isinstance(model, Prepared):
         return None, 0.0
     started = time.monotonic()
     heldout = load_heldout(config.data) if config.data.split == "train" else None
     say = main_rank_log(ranks)
-    for turn in ((0,), range(1, ranks.world_size)) if ranks.world_size > 1 else ((0,),):
-        if ranks.rank in turn:
+    turns = (ranks.rank == 0, ranks.rank != 0 and ranks.local_rank == 0, ranks.local_rank != 0)
+    for mine in turns if ranks.world_size > 1 else (True,):
+        if mine:
             info = model.prepare(data, heldout, say)
         distributed.barrier()
     return info, time.monotonic() - started
@@ -306,7 +308,7 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
     seed_everything(config.train.seed)
     model = build_model(config.model, data.shape, data.num_classes, rt)
     prepared, prepare_seconds = prepare(model, data, config, ranks) if tree is None else (None, 0.0)
-    distributed.broadcast_params(model.nets().values())
+    distributed.broadcast_state(model.nets().values())
     if config.train.compile:
         for net in model.nets().values():
             net.compile()

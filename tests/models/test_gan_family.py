@@ -13,7 +13,7 @@ from genlab.models import MODELS, build_model
 from genlab.models import diffaug
 from genlab.models.common import to_unit
 from genlab.models.gan import LOSSES, d_loss, g_loss, gradient_penalty, mode_seeking_penalty, r1_penalty
-from genlab.core.runtime import seed_everything
+from genlab.core.runtime import Runtime, seed_everything
 
 VARIANTS = [
     ("gan-mlp", {}),
@@ -173,7 +173,7 @@ def test_diffaugment_keeps_shape_and_gradients():
 
 def test_cutout_zeroes_a_square_of_half_the_side():
     torch.manual_seed(1)
-    out = diffaug.cutout(torch.ones(8, 1, 16, 16))
+    out = diffaug.cutout(torch.ones(8, 1, 16, 16), Runtime())
     zeros = (out == 0).flatten(1).sum(1)
     assert ((zeros > 0) & (zeros <= 64)).all() and (zeros == 64).any()
 
@@ -182,7 +182,7 @@ def test_translation_moves_content_without_changing_it():
     torch.manual_seed(2)
     x = torch.zeros(16, 1, 16, 16)
     x[:, :, 7, 7] = 1
-    out = diffaug.translation(x)
+    out = diffaug.translation(x, Runtime())
     assert (out.flatten(1).sum(1) == 1).all()  # the dot stays whole (shifts of <= 2 px stay inside)
     assert (out[:, 0, 7, 7] == 0).any()  # and some images moved
 

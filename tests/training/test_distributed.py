@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,3 +115,75 @@ def test_the_others_wait_for_work_the_first_rank_does_alone(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(alone_then_together, args=(port, str(tmp_path)), nprocs=2)
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["3.0", "3.0"]
+
+
+LATENT = ["--model", "latent-diffusion", "--width", "16", "--timesteps", "20", "--sample-steps", "3",
+          "--first-stage-width", "16", "--first-stage-steps", "30", *ARGS, "--steps", "3"]
+
+
+def test_every_node_trains_the_prior_over_rank_0s_first_stage(tmp_path):
+    """Two nodes (one process each), each with a genlab cache of its own: the second node's cache
+    holds a first stage for the same data and settings whose latent scale (a buffer, like a VQ
+    codebook) differs, as one trained on another GPU or CPU can. Every rank must train over rank 0's
+    first stage: the two processes then match one process with the same global batch."""
+    from genlab.core.checkpoint import load_state, save_state
+    from genlab.models.first_stage import SPEC, WEIGHTS
+
+    env = {**os.environ, "GENLAB_CACHE": str(tmp_path / "cache0")}
+    done = subprocess.run([sys.executable, "-m", "genlab.cli", "train", *LATENT, "--out", str(tmp_path / "single")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    shutil.copytree(tmp_path / "cache0", tmp_path / "cache1")
+    entry = next((tmp_path / "cache1" / "first_stage").glob(f"*/{SPEC}")).parent
+    state, meta = load_state(entry / WEIGHTS)
+    state["scale"] = state["scale"] * 1.5
+    save_state(entry / WEIGHTS, state, meta)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "-m", "genlab.cli", "train", *LATENT, "--out", str(tmp_path / f"ddp{node}")],
+                              env={**os.environ, "GENLAB_CACHE": str(tmp_path / f"cache{node}")},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
+    assert worst_difference(tmp_path / "ddp0", tmp_path / "single", ("/unet/", "/unet_ema/")) < 1e-5
+
+
+def worst_difference(run_a, run_b, nets: tuple[str, ...]) -> float:
+    """The largest difference between two runs' final weights, over the tensors of `nets` (name
+    prefixes of the state: the networks, not the optimisers' moments). (A width-16 U-Net: at width 8
+    its GroupNorm has one channel a group, which makes the gradient of a convolution's bias before it
+    exactly 0 up to rounding, and Adam turns that rounding into steps of ~lr that differ between one
+    and two processes.)"""
+    a, b = full_state(run_a), full_state(run_b)
+    names = [k for k in a if k.startswith(nets)]
+    assert names, f"no tensor {nets} in {run_a}"
+    return max((a[k] - b[k]).abs().max().item() for k in names)
+
+
+DRAWS = {  # a family each whose training step draws noise, masks or augmentations per image, and its nets
+    # the tutorial GAN (DCGAN's BatchNorm normalises each rank's share of a batch by its own statistics)
+    "gan-mlp": (["--model", "gan-mlp", "--augment", "translation,cutout,color", "--loss", "wgan-gp"], ("/G/", "/D/")),
+    "vae": (["--model", "vae", "--width", "8"], ("/encoder/", "/decoder/")),
+    "transformer": (["--model", "transformer", "--d-model", "16", "--layers", "1", "--heads", "2", "--conditional",
+                     "--label-dropout", "0.5"], ("/net/",)),
+}
+
+
+@pytest.mark.parametrize("family", DRAWS)
+def test_two_processes_draw_what_one_process_draws(family, tmp_path):
+    """Every per-image draw of a training step (DiffAugment's shifts, cut-outs and colours, WGAN-GP's
+    mixing weights, the VAE's binarisation and reparameterisation noise, label dropout; diffusion's
+    steps and noise and the latent draw above) is the rank's share of one draw for the global batch:
+    drawn per rank, the ranks' alike-seeded streams gave every rank the same noise."""
+    options, nets = DRAWS[family]
+    args = [*options, *ARGS, "--steps", "3"]
+    done = torchrun(*args, "--out", str(tmp_path / "ddp"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = single(*args, "--out", str(tmp_path / "single"))
+    assert done.returncode == 0, done.stderr
+    assert worst_difference(tmp_path / "ddp", tmp_path / "single", nets) < 1e-5
