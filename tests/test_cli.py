@@ -70,7 +70,8 @@ def bad(capsys, *argv):
 
 @pytest.mark.parametrize("raised, said", [
     (KeyboardInterrupt(), "genlab eval: interrupted\n"),  # a bare Ctrl-C: no dangling "; "
-    (KeyboardInterrupt("stopped at step 7; checkpoint saved"), "genlab eval: interrupted; stopped at step 7; checkpoint saved\n"),
+    (KeyboardInterrupt("stopped at step 7; checkpoint saved"),
+     "genlab eval: interrupted; stopped at step 7; checkpoint saved\n"),
 ])
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, raised, said):
     def interrupted(argv):

@@ -146,7 +146,8 @@ def g_loss(d_fake: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
     return -d_fake.mean()  # hinge and wgan-gp
 
 
-def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels, rt: Runtime | None = None) -> torch.Tensor:
+def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels,
+                     rt: Runtime | None = None) -> torch.Tensor:
     """E[(||grad D(x_hat)|| - 1)^2] on x_hat = eps x + (1 - eps) G(z), with ONE eps per sample
     (broadcast over its pixels; one per pixel is a known bug of popular code)."""
     eps = (rt or Runtime(real.device)).rand(real.shape[0], 1, 1, 1)
