@@ -37,9 +37,3 @@ class StopRequest:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
-
-    def __enter__(self) -> "StopRequest":
-        return self.install()
-
-    def __exit__(self, *exc) -> None:
-        self.restore()

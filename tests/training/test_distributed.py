@@ -29,9 +29,15 @@ def torchrun(*args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
-def single(*args):
+def single(*args, env=None):
     return subprocess.run([sys.executable, "-m", "genlab.cli", "train", *args], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +57,7 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
     means in another order than one full-batch mean (differences ~1e-7), and Adam's per-element
     normalisation can enlarge a rounding difference in a near-zero gradient. After 6 steps we allow
     1e-5, 40 times what we observe and far below one Adam step (lr 2e-4)."""
-    a, b = full_state(runs / "ddp"), full_state(runs / "single")
-    nets = [k for k in a if k.startswith("/G/") or k.startswith("/D/")]
-    worst = max((a[k] - b[k]).abs().max().item() for k in nets)
+    worst = worst_difference(runs / "ddp", runs / "single", ("/G/", "/D/"))
     assert worst < 1e-5, worst
     meta = json.loads((runs / "ddp" / "run.json").read_text())
     assert meta["world_size"] == 2 and meta["steps"] == 6 and meta["images_seen"] == 6 * 32
@@ -83,9 +87,7 @@ def test_a_decayed_rate_is_the_same_on_every_rank(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     done = single(*decay, "--out", str(tmp_path / "single"))
     assert done.returncode == 0, done.stderr
-    a, b = full_state(tmp_path / "ddp"), full_state(tmp_path / "single")
-    nets = [k for k in a if k.startswith("/G/") or k.startswith("/D/")]
-    assert max((a[k] - b[k]).abs().max().item() for k in nets) < 1e-5
+    assert worst_difference(tmp_path / "ddp", tmp_path / "single", ("/G/", "/D/")) < 1e-5
 
 
 def alone_then_together(rank: int, port: int, folder: str) -> None:
@@ -110,10 +112,7 @@ def test_the_others_wait_for_work_the_first_rank_does_alone(tmp_path):
     the others wait at `distributed.barrier`. That wait is not bound by the process group's timeout
     (30 minutes on gloo, 10 on NCCL: shorter than a first stage can take), which would kill the
     waiting ranks: here the group's timeout is 2 s and the first rank's work 6 s."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(alone_then_together, args=(port, str(tmp_path)), nprocs=2)
+    mp.spawn(alone_then_together, args=(free_port(), str(tmp_path)), nprocs=2)
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["3.0", "3.0"]
 
 
@@ -129,9 +128,8 @@ def test_every_node_trains_the_prior_over_rank_0s_first_stage(tmp_path):
     from genlab.core.checkpoint import load_state, save_state
     from genlab.models.first_stage import SPEC, WEIGHTS
 
-    env = {**os.environ, "GENLAB_CACHE": str(tmp_path / "cache0")}
-    done = subprocess.run([sys.executable, "-m", "genlab.cli", "train", *LATENT, "--out", str(tmp_path / "single")],
-                          capture_output=True, text=True, timeout=300, env=env)
+    done = single(*LATENT, "--out", str(tmp_path / "single"),
+                  env={**os.environ, "GENLAB_CACHE": str(tmp_path / "cache0")})
     assert done.returncode == 0, done.stderr
     shutil.copytree(tmp_path / "cache0", tmp_path / "cache1")
     entry = next((tmp_path / "cache1" / "first_stage").glob(f"*/{SPEC}")).parent
@@ -139,9 +137,7 @@ def test_every_node_trains_the_prior_over_rank_0s_first_stage(tmp_path):
     state["scale"] = state["scale"] * 1.5
     save_state(entry / WEIGHTS, state, meta)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                                "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
                                "-m", "genlab.cli", "train", *LATENT, "--out", str(tmp_path / f"ddp{node}")],
