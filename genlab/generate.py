@@ -21,6 +21,7 @@ from genlab.core.run import Run
 from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
 from genlab.models import build_model, common
+from genlab.models.protocols import Solved
 
 
 @dataclasses.dataclass
@@ -41,6 +42,10 @@ class SampleOptions:
     options: list[str] = option([], "a sampling option of the model's family, NAME=VALUE, e.g. temperature=0.8, "
                                 "top_k=4, steps=25, guidance=3 (repeatable; an unknown name lists the family's)",
                                 flag="--option")
+    sampler: str | None = option(None, "the sampler of a diffusion or flow model, e.g. dpm++2m, unipc (diffusion), "
+                                 "euler, heun, dopri5 (flow); default: the run's own")
+    sample_steps: int | None = option(None, "the sampler's steps (network evaluations for diffusion's; default: "
+                                      "the run's own)")
 
     def validate(self) -> None:
         if self.batch_size <= 0:
@@ -61,13 +66,23 @@ class SampleOptions:
             raise GenlabError(f"--labels takes class numbers separated by commas, got {self.labels!r}") from None
 
     def sampling_options(self) -> dict[str, str]:
-        options = {}
-        for item in self.options:
-            name, sep, value = item.partition("=")
-            if not sep or not name.strip():
-                raise GenlabError(f"--option takes NAME=VALUE, got {item!r}")
-            options[name.strip().replace("-", "_")] = value.strip()
-        return options
+        return {**parse_option_items(self.options), **solver_options(self.sampler, self.sample_steps)}
+
+
+def parse_option_items(items: list[str]) -> dict[str, str]:
+    """`--option NAME=VALUE` items as {name: text}."""
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise GenlabError(f"--option takes NAME=VALUE, got {item!r}")
+        options[name.strip().replace("-", "_")] = value.strip()
+    return options
+
+
+def solver_options(sampler: str | None, steps: int | None) -> dict:
+    """`--sampler` and `--sample-steps` as the sampling options `sampler` and `steps` of a family."""
+    return {**({"sampler": sampler} if sampler else {}), **({"steps": steps} if steps is not None else {})}
 
 
 def sample_command(opts: SampleOptions, log=None) -> tuple[Path, int]:
@@ -81,6 +96,8 @@ def sample_command(opts: SampleOptions, log=None) -> tuple[Path, int]:
     labels = labels_for(model.family, opts.n, opts.wanted_labels(), mix)
     images = sample_from(model.family, opts.n, seed=opts.seed, batch_size=opts.batch_size, labels=labels,
                          options=opts.sampling_options(), log=log)
+    if log is not None and isinstance(model.family, Solved) and model.family.last_nfe:
+        log(f"{model.family.last_nfe} network evaluations a sample (the last batch)")
     return save_samples(images, opts.out, labels), len(images)
 
 

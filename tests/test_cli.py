@@ -223,3 +223,35 @@ def test_your_own_images_bad_input(tmp_path, capsys):
     assert "--channels 1: run" in err and "was trained on 3-channel images" in err
     err = one_line(capsys, "eval", tmp_path / "colour", "--channels", "1")
     assert "was trained on 3-channel images" in err
+
+
+def test_sampler_and_steps_flags_and_their_bad_values(tmp_path, capsys):
+    """--sampler and --sample-steps choose a diffusion or flow run's solver in sample (and eval); a
+    sampler the family lacks, too few steps for a solver, and a tolerance that is not positive are
+    refused in one line each."""
+    tiny = ["--steps", "2", "--width", "8", "--limit", "64", "--batch-size", "16", "--no-progress", "--grid-size", "4"]
+    diff, flow = tmp_path / "d", tmp_path / "f"
+    assert main(["train", "--model", "diffusion", "--timesteps", "50", "--sample-steps", "5", "--out", str(diff), *tiny]) == 0
+    assert main(["train", "--model", "flow", "--sample-steps", "3", "--out", str(flow), *tiny]) == 0
+    capsys.readouterr()
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(diff), "--n", "3", "--out", str(out), "--sampler", "dpm++2m", "--sample-steps", "4"]) == 0
+    assert "4 network evaluations a sample" in capsys.readouterr().err
+    solver = np.load(out)["images"]
+    assert main(["sample", str(diff), "--n", "3", "--out", str(out)]) == 0
+    assert not np.array_equal(solver, np.load(out)["images"])  # the run's own DDIM-5
+    assert main(["sample", str(flow), "--n", "2", "--out", str(out), "--sampler", "dopri5"]) == 0
+    assert "network evaluations a sample" in capsys.readouterr().err
+    for run, args, message in [
+        (diff, ["--sampler", "euler"], "unknown sampler 'euler' for a diffusion model; its samplers: ddim, ddpm, "
+                                       "dpm++2m, unipc"),
+        (diff, ["--sampler", "dpm++2m", "--sample-steps", "1"], "second-order multistep solver"),
+        (flow, ["--sampler", "ddim"], "its samplers: euler, heun, midpoint, dopri5"),
+        (flow, ["--sampler", "dopri5", "--option", "tolerance=0"], "tolerance must be positive"),
+    ]:
+        code, err = bad(capsys, "sample", run, "--n", "2", "--out", out, *args)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    code, err = bad(capsys, "train", "--model", "flow", "--tolerance", "-1", "--out", tmp_path / "x", *tiny)
+    assert code == 2 and "tolerance must be positive" in err
+    code, err = bad(capsys, "eval", "--samples", out, "--dataset", "mnist-sample", "--sampler", "ddim")
+    assert code == 2 and "with --samples there is no run" in err

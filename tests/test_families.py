@@ -23,6 +23,10 @@ SMALL = {  # options that make each family tiny
     "latent-transformer": ["--d-model", "16", "--layers", "1", "--heads", "2", "--codebook-size", "32",
                            "--first-stage-width", "16", "--first-stage-steps", "30", "--conditional",
                            "--label-dropout", "0.1"],
+    # the flows conditional, with OT pairing and SD3's times, so that all their training options run here
+    "flow": ["--width", "8", "--sample-steps", "3", "--conditional", "--ot", "--timestep-sampling", "logit-normal"],
+    "latent-flow": ["--width", "8", "--sample-steps", "3", "--first-stage-width", "16", "--first-stage-steps", "30",
+                    "--conditional", "--sampler", "heun"],
 }
 VIEWS = {  # the views each family's run must leave in samples/
     "gan-mlp": {"interpolation"}, "dcgan": {"interpolation"},
@@ -32,16 +36,22 @@ VIEWS = {  # the views each family's run must leave in samples/
     "diffusion": {"denoising"},
     "latent-diffusion": {"denoising", "reconstructions"},  # the first stage's reconstructions
     "latent-transformer": {"reconstructions"},
+    "flow": {"flow"},
+    "latent-flow": {"flow", "reconstructions"},
 }
 
 OPTIONS = {  # a valid value of every sampling option each family has
     "gan-mlp": {}, "dcgan": {}, "vae": {"temperature": "0.5"}, "vae-mlp": {"temperature": "0.5"},
     "transformer": {"temperature": "0.9", "top_k": "3", "guidance": "2"},
-    "diffusion": {"sampler": "ddim", "steps": "2", "eta": "0.5", "guidance": "2", "guidance_low": "0.1",
-                  "guidance_high": "0.9"},
-    "latent-diffusion": {"sampler": "ddim", "steps": "2", "eta": "0.5", "guidance": "2", "guidance_low": "0.1",
-                         "guidance_high": "0.9"},
+    "diffusion": {"sampler": "dpm++2m", "steps": "2", "eta": "0.5", "spacing": "karras", "guidance": "2",
+                  "guidance_low": "0.1", "guidance_high": "0.9"},
+    "latent-diffusion": {"sampler": "unipc", "steps": "2", "eta": "0.5", "spacing": "uniform", "guidance": "2",
+                         "guidance_low": "0.1", "guidance_high": "0.9"},
     "latent-transformer": {"temperature": "0.9", "top_k": "3", "guidance": "2"},
+    "flow": {"sampler": "midpoint", "steps": "2", "tolerance": "0.01", "guidance": "2", "guidance_low": "0.1",
+             "guidance_high": "0.9"},
+    "latent-flow": {"sampler": "dopri5", "steps": "2", "tolerance": "0.01", "guidance": "2", "guidance_low": "0.1",
+                    "guidance_high": "0.9"},
 }
 
 

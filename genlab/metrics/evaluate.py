@@ -8,6 +8,7 @@ evaluation during training, and for `genlab.evaluate(images, dataset=...)`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from genlab.core.run import Run
 from genlab.data import load_dataset, with_split
 from genlab.data.convert import BACKGROUNDS, FILTER
 from genlab.errors import GenlabError
-from genlab.generate import labels_for, load_run, sample_from
+from genlab.generate import (labels_for, load_run, parse_option_items, sample_from, sampling_options,
+                             solver_options)
 from genlab.metrics import scores
 from genlab.metrics.card import write_card
 from genlab.metrics.contrastive import get_contrastive_extractor
@@ -30,7 +32,7 @@ from genlab.metrics.reference import (copying, floor_indices, get_reference, rea
                                       split_reference)
 from genlab.metrics.samples import load_samples_file, prepare_samples
 from genlab.models.common import psnr
-from genlab.models.protocols import Encoder, Likelihood
+from genlab.models.protocols import Encoder, Likelihood, Solved
 
 # metric -> which way is better (shown in the table)
 BETTER = {"fid": "lower", "fid_equal_n": "lower", "kid": "lower", "is": "higher", "precision": "higher",
@@ -72,8 +74,16 @@ class EvalOptions:
     resize: bool = option(False, "resize samples of another size or channel count")
     ppl_samples: int = option(2000, "latent pairs for perceptual path length")
     json: str | None = option(None, "also write the result as JSON to this file")
+    sampler: str | None = option(None, "the sampler of a diffusion or flow run, e.g. dpm++2m, unipc, euler, heun, "
+                                 "dopri5 (default: the run's own)")
+    sample_steps: int | None = option(None, "the sampler's steps (default: the run's own)")
+    options: list[str] = option([], "a sampling option of the run's family, NAME=VALUE, e.g. guidance=3 "
+                                "(repeatable)", flag="--option")
 
     def validate(self) -> None:
+        if self.samples is not None and (self.sampler or self.sample_steps is not None or self.options):
+            raise GenlabError("--sampler, --sample-steps and --option choose how a run samples; with --samples "
+                              "there is no run: leave them out")
         if (self.run is None) == (self.samples is None):
             raise GenlabError("give either a run folder or --samples FILE (with --dataset)")
         if self.n < MIN_EVAL_SAMPLES:
@@ -225,16 +235,23 @@ def training_scorer(data_cfg: DataConfig, n: int, seed: int, features=None, log=
 
 
 def evaluate_run(run_dir: str | Path, n: int = EvalOptions.n, seed: int = EvalOptions.seed, features=None,
-                 ppl_samples: int = EvalOptions.ppl_samples, save: bool = True, log=print) -> dict:
-    """Sample `n` images from a run and evaluate them (with PPL and likelihood where they apply);
+                 ppl_samples: int = EvalOptions.ppl_samples, save: bool = True, log=print,
+                 options: dict | None = None) -> dict:
+    """Sample `n` images from a run (with the family's sampling `options`, e.g. {"sampler":
+    "dpm++2m", "steps": 10}) and evaluate them (with PPL and likelihood where they apply);
     `save` keeps the result as the run's eval.json, which report, compare and serve show."""
     config, model, meta = load_run(run_dir)
     labels = labels_for(model, n, proportions=meta.get("class_counts"))  # the data's mix of classes
-    images = sample_from(model, n, seed=seed, labels=labels, log=log)
+    started = time.monotonic()
+    images = sample_from(model, n, seed=seed, labels=labels, options=options, log=log)
+    sampling = {"seconds": time.monotonic() - started, "options": sampling_options(model, options)}
+    if isinstance(model, Solved):
+        sampling["nfe"] = model.last_nfe
     result = evaluate(images, data=config.data, features=features, seed=seed, model=model, ppl_samples=ppl_samples,
                       log=log)
     result["run"] = str(run_dir)
     result["model"] = config.model.name
+    result["sampling"] = sampling
     run = Run.open(run_dir)
     human = human_scores(run.read_lines(Run.RATINGS), run.name)
     if human:
@@ -252,8 +269,9 @@ def eval_command(opts: EvalOptions, log=print) -> dict:
         if opts.channels != "auto" and int(opts.channels) != trained_on:
             raise GenlabError(f"--channels {opts.channels}: run {opts.run} was trained on {trained_on}-channel images "
                               "and samples them; leave out --channels (or evaluate a run trained on the channels you want)")
+        given = {**parse_option_items(opts.options), **solver_options(opts.sampler, opts.sample_steps)}
         return evaluate_run(opts.run, n=opts.n, seed=opts.seed, features=opts.features,
-                            ppl_samples=opts.ppl_samples, log=log)
+                            ppl_samples=opts.ppl_samples, log=log, options=given)
     data = DataConfig(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
                       channels=opts.channels, background=opts.background, crop=opts.crop)
     channels = load_dataset(with_split(data, "train")).shape[0]

@@ -11,7 +11,7 @@ import torch
 from genlab.data import ImageSet
 from genlab.metrics import scores
 from genlab.metrics.features import Extractor
-from genlab.models.protocols import LatentSpace, Likelihood, LikelihoodBounds
+from genlab.models.protocols import EstimatedLikelihood, LatentSpace, Likelihood, LikelihoodBounds
 
 
 def ppl(model, extractor: Extractor, n: int = 2000, epsilon: float = 1e-4, seed: int = 0,
@@ -47,6 +47,8 @@ def likelihood(model, test: ImageSet, limit: int = 10_000) -> dict | None:
     `Likelihood` (with the ELBO beside it for `LikelihoodBounds`)."""
     if not isinstance(model, Likelihood):
         return None
+    if isinstance(model, EstimatedLikelihood):
+        limit = min(limit, model.likelihood_images)
     images, labels = test.images[:limit], test.labels[:limit]
     conditional = bool(model.conditional_classes)
 

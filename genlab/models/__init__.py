@@ -60,7 +60,8 @@ def build_model(config, image_shape: tuple[int, int, int], num_classes: int, run
     return get_model_entry(config.name).family(config, image_shape, num_classes, runtime or Runtime())
 
 
-from genlab.models import diffusion, gan, latent_diffusion, latent_transformer, transformer, vae  # noqa: E402
+from genlab.models import (diffusion, flow, gan, latent_diffusion, latent_flow, latent_transformer,  # noqa: E402
+                           transformer, vae)
 
 register_model("gan-mlp", gan.Gan, gan.GanMlpConfig,
                "the tutorial's MLP GAN: 100 -> 256 -> 512 -> 1024 -> 784, Tanh; Adam 2e-4")
@@ -73,7 +74,11 @@ register_model("transformer", transformer.Transformer, transformer.TransformerCo
                "autoregressive pixel Transformer (Image GPT): exact likelihood, KV-cache sampling")
 register_model("diffusion", diffusion.Diffusion, diffusion.DiffusionConfig,
                "DDPM with a small U-Net: DDIM sampling, classifier-free guidance, EMA")
+register_model("flow", flow.Flow, flow.FlowConfig,
+               "rectified flow / flow matching (SD3's recipe): Euler, Heun, dopri5 sampling, ODE likelihood")
 register_model("latent-diffusion", latent_diffusion.LatentDiffusion, latent_diffusion.LatentDiffusionConfig,
                "diffusion over a cached first stage's latents (Stable Diffusion's idea): fast on a CPU")
+register_model("latent-flow", latent_flow.LatentFlow, latent_flow.LatentFlowConfig,
+               "rectified flow over a cached first stage's latents (SD3 / FLUX's idea): few steps, fast")
 register_model("latent-transformer", latent_transformer.LatentTransformer, latent_transformer.LatentTransformerConfig,
                "a Transformer over a cached VQ first stage's tokens (VQGAN / DALL-E's idea)")

@@ -12,7 +12,10 @@ instead of probing for attributes:
   failures (the GAN's), which the Trainer's diagnostics run without knowing what they watch;
 - `Prepared`: a family that needs the training data before its first step (a latent family's
   first stage, and its encodings of the training images);
-- `OwnViews`: pictures only this family can draw (diffusion's denoising chains).
+- `OwnViews`: pictures only this family can draw (diffusion's denoising chains);
+- `Solved`: a family whose samplers solve an ODE or SDE in steps (diffusion, flows): how many
+  network evaluations its latest samples took (an adaptive solver decides that itself);
+- `EstimatedLikelihood`: a likelihood estimated on fewer test images than the rest (a flow's ODE).
 """
 
 from __future__ import annotations
@@ -81,6 +84,11 @@ class Likelihood(Protocol):
 
 
 @runtime_checkable
+class EstimatedLikelihood(Likelihood, Protocol):
+    likelihood_images: int  # the test images it is estimated on (an ODE's likelihood costs many passes an image)
+
+
+@runtime_checkable
 class LikelihoodBounds(Protocol):
     def likelihood_bounds(self, images: torch.Tensor, labels: torch.Tensor | None = None,
                           k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +121,11 @@ class Prepared(Protocol):
         """Compute what the steps reuse from the training data (ImageSet) with the weights as they
         are now, before the first step of every session, a resumed one too (a latent family encodes
         the training images once)."""
+
+
+@runtime_checkable
+class Solved(Protocol):
+    last_nfe: int | None  # network evaluations a sample took in the latest `sample` call (a guided one: one)
 
 
 @runtime_checkable

@@ -201,3 +201,64 @@ def test_min_snr_changes_the_step_only_through_the_weights():
     assert not torch.allclose(plain[1], capped[1])
     with pytest.raises(GenlabError, match="min_snr"):
         apply_overrides(default_config("diffusion"), {"model.min_snr": -1.0}).validate()
+
+
+# ---------------------------------------------------------------- the few-step solvers
+
+@pytest.fixture(scope="module")
+def fitted_1000():
+    """A tiny pixel model with T = 1000, fitted for a few steps (its x_0 clipped as pixels are)."""
+    model = make(shape=(1, 8, 8), timesteps=1000)
+    images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=gen(1))
+    images[:, :, :4] = 0
+    for _ in range(60):
+        model.train_step(images[torch.randint(0, 64, (16,), generator=gen(2))], None)
+    return model
+
+
+@pytest.mark.parametrize("sampler, spacing", [("ddim", "uniform"), ("dpm++2m", "uniform"), ("dpm++2m", "karras"),
+                                              ("unipc", "uniform"), ("unipc", "karras")])
+def test_each_sampler_converges_to_the_ode_as_its_steps_grow(fitted_1000, sampler, spacing):
+    """The probability-flow ODE's solution: 1,000 DDIM steps (eta 0, every step of T); each
+    deterministic sampler's images approach it monotonically over 5, 10, 20 and 50 steps."""
+    m = fitted_1000
+    ref = m.chain(8, generator=gen(), sampler="ddim", steps=1000, eta=0.0)
+    gaps = [float((m.chain(8, generator=gen(), sampler=sampler, steps=k, eta=0.0, spacing=spacing) - ref).abs().mean())
+            for k in (5, 10, 20, 50)]
+    assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
+    assert m.last_nfe == 50
+    if spacing == "uniform" and sampler != "ddim":  # the higher order pays: closer than DDIM at 10 and 20 steps
+        ddim = [float((m.chain(8, generator=gen(), sampler="ddim", steps=k, eta=0.0) - ref).abs().mean())
+                for k in (10, 20)]
+        assert gaps[1] < 0.7 * ddim[0] and gaps[2] < 0.7 * ddim[1], (gaps, ddim)
+
+
+def test_dpmpp_2m_sde_draws_noise_and_unipc_predicts_as_dpmpp_2m_does(fitted_1000):
+    m = fitted_1000
+    a = m.chain(4, generator=gen(), sampler="dpm++2m", steps=10, eta=1.0)
+    assert torch.equal(a, m.chain(4, generator=gen(), sampler="dpm++2m", steps=10, eta=1.0))
+    assert not torch.equal(a, m.chain(4, generator=gen(), sampler="dpm++2m", steps=10, eta=0.0))
+    # UniPC's predictor is DPM-Solver++(2M); its corrector changes the point before the last x_0
+    # prediction only from three steps on (with two, the last prediction is made before any correction)
+    two = [m.chain(4, generator=gen(), sampler=s, steps=2) for s in ("dpm++2m", "unipc")]
+    assert torch.equal(two[0], two[1])
+    three = [m.chain(4, generator=gen(), sampler=s, steps=3) for s in ("dpm++2m", "unipc")]
+    assert 0 < float((three[0] - three[1]).abs().mean()) < 0.2
+
+
+def test_solver_steps_trailing_and_karras():
+    model = make(timesteps=1000)
+    assert model.timesteps_for("dpm++2m", 10) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    karras = model.timesteps_for("unipc", 10, "karras")
+    assert karras[0] == 999 and karras[-1] == 0 and len(karras) == 10
+    gaps = [a - b for a, b in zip(karras, karras[1:])]
+    assert gaps[-1] < gaps[0]  # denser at low noise
+
+
+@pytest.mark.parametrize("kwargs, text", [({"sampler": "dpm++2m", "steps": 1}, "in 2..50 .* for dpm..2m"),
+                                          ({"sampler": "unipc", "steps": 1}, "second-order"),
+                                          ({"sampler": "heun"}, "its samplers: ddim, ddpm, dpm..2m, unipc"),
+                                          ({"spacing": "log"}, "spacing")], ids=str)
+def test_bad_solver_options_are_refused(kwargs, text):
+    with pytest.raises(GenlabError, match=text):
+        make().sample(1, **kwargs)

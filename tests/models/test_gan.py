@@ -122,7 +122,7 @@ def test_register_model_checks_the_family_interface():
     with pytest.raises(ValueError, match="already registered"):
         register_model("gan-mlp", GanMlp, GanMlpConfig, "x")
     assert list(MODELS) == ["gan-mlp", "dcgan", "vae", "vae-mlp", "transformer", "diffusion",
-                            "latent-diffusion", "latent-transformer"]  # nothing half-added
+                            "flow", "latent-diffusion", "latent-flow", "latent-transformer"]  # nothing half-added
 
 
 def test_minimax_generator_loss_option():
