@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.genlab-installed
 RUN ?= runs/tutorial-gan-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test env clean emoji
+.PHONY: demo test env clean emoji docs
 
 env: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# the documentation site (MkDocs, Material theme) into site/, strict: a broken link or reference fails
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 # the colour dataset `emoji`: the npm package emoji-datasource-twitter, into genlab's cache
 EMOJI_DIR ?= $(or $(GENLAB_CACHE),$(HOME)/.cache/genlab)/datasets/emoji

@@ -445,3 +445,22 @@ def parse_command(prog: str, cls: type, argv: list[str], description: str, epilo
     options = cls(**values)
     options.validate()
     return options
+
+
+def option_rows(cls: type) -> list[tuple[str, str, str]]:
+    """(flag, default, help) of every option of dataclass `cls`, as its command line declares them:
+    the command-line reference of the documentation is generated from these, never written twice."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        names, kwargs = _argument("x", cls, f, keep_defaults=False)
+        flag = names[0].split(".", 1)[1].upper() if names[0].startswith("x.") else ", ".join(names)
+        if kwargs.get("action") is argparse.BooleanOptionalAction:
+            flag = f"{names[0]} / --no-{names[0][2:]}"
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default) if isinstance(f.default, str) else str(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = "(none)"
+        else:
+            default = "(required)"
+        rows.append((flag, default, kwargs["help"].replace("%%", "%")))
+    return rows

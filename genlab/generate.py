@@ -22,6 +22,7 @@ from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
 from genlab.models import build_model, common
 from genlab.models.protocols import Solved
+from genlab.models.text import detokenize, is_tokens, tokenize
 
 
 @dataclasses.dataclass
@@ -46,12 +47,29 @@ class SampleOptions:
                                  "euler, heun, dopri5 (flow); default: the run's own")
     sample_steps: int | None = option(None, "the sampler's steps (network evaluations for diffusion's; default: "
                                       "the run's own)")
+    prompt: str | None = option(None, "what to draw, for a model trained on captions (genlab train --text), e.g. "
+                                "'red heart'")
+    prompts: str | None = option(None, "a UTF-8 text file of prompts, one a line (repeated to fill --n)")
+    negative_prompt: str | None = option(None, "what guidance steers away from (a model trained with --text)")
 
     def validate(self) -> None:
         if self.batch_size <= 0:
             raise GenlabError(f"--batch-size must be positive, got {self.batch_size}")
         if self.n <= 0:
             raise GenlabError(f"--n must be a positive number of images, got {self.n}")
+        if self.prompt is not None and self.prompts is not None:
+            raise GenlabError("--prompt and --prompts both give prompts: pass one")
+        if (self.prompt is not None or self.prompts is not None) and self.labels:
+            raise GenlabError("--labels is for a class-conditional model, --prompt for one trained on captions: "
+                              "pass one")
+
+    def wanted_prompts(self) -> list[str] | None:
+        """--prompt, or the lines of --prompts (refused when missing, not UTF-8 or empty)."""
+        if self.prompt is not None:
+            return [self.prompt]
+        if self.prompts is None:
+            return None
+        return read_prompts(self.prompts)
 
     def wants_data_mix(self) -> bool:
         """`--labels data`: the training data's mix of classes."""
@@ -66,7 +84,36 @@ class SampleOptions:
             raise GenlabError(f"--labels takes class numbers separated by commas, got {self.labels!r}") from None
 
     def sampling_options(self) -> dict[str, str]:
-        return {**parse_option_items(self.options), **solver_options(self.sampler, self.sample_steps)}
+        return {**parse_option_items(self.options), **solver_options(self.sampler, self.sample_steps),
+                **({"negative_prompt": self.negative_prompt} if self.negative_prompt is not None else {})}
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """The prompts of a file, one a line (blank lines skipped)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GenlabError(f"--prompts file {path} does not exist; write one prompt a line") from None
+    except UnicodeDecodeError as err:
+        raise GenlabError(f"--prompts file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise GenlabError(f"cannot read --prompts file {path} ({err.strerror or err})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise GenlabError(f"--prompts file {path} holds no prompts; write one prompt a line")
+    return prompts
+
+
+def prompt_tokens(family, n: int, prompts: list[str] | None) -> torch.Tensor:
+    """The token ids of `n` samples' prompts (`prompts` repeated to fill n; none: the empty prompt,
+    the unconditional model) for a model trained on captions; a prompt for another is refused."""
+    if not getattr(family, "takes_text", False):
+        hint = ("use --labels for its classes" if family.conditional_classes else
+                "train a model on captions with `genlab train --text`")
+        raise GenlabError(f"--prompt is for a model trained on captions (--text); this run was not: {hint}")
+    prompts = list(prompts or [""])
+    return tokenize([prompts[i % len(prompts)] for i in range(n)])
 
 
 def parse_option_items(items: list[str]) -> dict[str, str]:
@@ -92,8 +139,14 @@ def sample_command(opts: SampleOptions, log=None) -> tuple[Path, int]:
     if opts.channels != "auto" and int(opts.channels) != trained_on:
         raise GenlabError(f"--channels {opts.channels}: run {opts.run} was trained on {trained_on}-channel images and "
                           "samples them; leave out --channels, or train a run on the channels you want")
-    mix = data_mix(model, opts.run) if opts.wants_data_mix() else None
-    labels = labels_for(model.family, opts.n, opts.wanted_labels(), mix)
+    prompts = opts.wanted_prompts()
+    if prompts is not None or getattr(model.family, "takes_text", False):
+        if opts.labels:
+            raise GenlabError("this run is conditioned on captions (--text): give --prompt or --prompts, not --labels")
+        labels = prompt_tokens(model.family, opts.n, prompts)
+    else:
+        mix = data_mix(model, opts.run) if opts.wants_data_mix() else None
+        labels = labels_for(model.family, opts.n, opts.wanted_labels(), mix)
     images = sample_from(model.family, opts.n, seed=opts.seed, batch_size=opts.batch_size, labels=labels,
                          options=opts.sampling_options(), log=log)
     if log is not None and isinstance(model.family, Solved) and model.family.last_nfe:
@@ -169,14 +222,20 @@ class Trained:
         return list(self.meta.get("class_names") or [])
 
     def sample(self, n: int, seed: int = 0, labels=None, batch_size: int = SampleOptions.batch_size,
-               **options) -> torch.Tensor:
+               prompt: str | list[str] | None = None, **options) -> torch.Tensor:
         """`n` uint8 images [n, C, H, W]; the same seed gives the same images. `labels` (class
-        numbers, repeated to fill n) for a conditional model; `options` are the family's sampling
-        options (e.g. temperature=0.8)."""
+        numbers, repeated to fill n) for a conditional model, `prompt` (a text or a list, repeated)
+        for one trained on captions; `options` are the family's sampling options (e.g.
+        temperature=0.8, or negative_prompt="blurry")."""
         if n <= 0:
             raise GenlabError(f"n must be a positive number of images, got {n}")
-        return sample_from(self.family, n, seed=seed, batch_size=batch_size,
-                           labels=labels_for(self.family, n, labels), options=options)
+        if prompt is not None or getattr(self.family, "takes_text", False):
+            if labels is not None:
+                raise GenlabError("labels are for a class-conditional model, prompt for one trained on captions")
+            condition = prompt_tokens(self.family, n, [prompt] if isinstance(prompt, str) else prompt)
+        else:
+            condition = labels_for(self.family, n, labels)
+        return sample_from(self.family, n, seed=seed, batch_size=batch_size, labels=condition, options=options)
 
 
 def load(path: str | Path, device: str = "cpu", weights: str = Run.WEIGHTS) -> Trained:
@@ -259,20 +318,29 @@ def sample_from(model, n: int, seed: int = 0, batch_size: int = SampleOptions.ba
 
 def save_samples(images: torch.Tensor, out: str | Path, labels: torch.Tensor | None = None) -> Path:
     """`out.npz` (arrays `images` [N, H, W] for one channel or [N, C, H, W], and `labels` when
-    given) or, for any other name, a folder with one PNG per image."""
+    given, or `prompts` for prompts' tokens) or, for any other name, a folder with one PNG per image
+    (and the prompts in its metadata.jsonl, the convention a folder dataset reads back)."""
+    import json
+
     out = Path(out)
+    prompts = detokenize(labels) if is_tokens(labels) else None
     try:
         if out.suffix == ".npz":
             out.parent.mkdir(parents=True, exist_ok=True)
             arrays = {"images": (images[:, 0] if images.shape[1] == 1 else images).numpy()}
-            if labels is not None:
+            if prompts is not None:
+                arrays["prompts"] = np.array(prompts)
+            elif labels is not None:
                 arrays["labels"] = labels.numpy().astype(np.int64)
             np.savez_compressed(out, **arrays)
             return out
         out.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(images):
-            tag = f"_label{int(labels[i])}" if labels is not None else ""
+            tag = f"_label{int(labels[i])}" if labels is not None and prompts is None else ""
             save_png(img.permute(1, 2, 0).numpy(), out / f"{i:06d}{tag}.png")
+        if prompts is not None:
+            (out / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i:06d}.png", "text": p}) + "\n"
+                                                        for i, p in enumerate(prompts)))
     except OSError as err:
         raise GenlabError(f"cannot write samples to {out} ({err.strerror or err}); choose a "
                           "writable --out") from None

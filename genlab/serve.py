@@ -31,7 +31,7 @@ from genlab.core.images import make_grid, png_bytes
 from genlab.core.run import Run
 from genlab.errors import GenlabError
 from genlab.data import load_heldout
-from genlab.generate import labels_for, load, sample_from, sampling_options
+from genlab.generate import labels_for, load, prompt_tokens, sample_from, sampling_options
 from genlab.metrics.human import PROTOCOLS, human_scores
 from genlab.metrics.scores import slerp
 from genlab.models.common import describe_options, to_uint8
@@ -60,6 +60,7 @@ MAX_QUERY = 2048  # bytes of query string accepted; longer requests get 414
 # the scores the page shows beside a run (from its eval.json), each with its real-data floor: both
 # views of FID and recall, so that a score against the training split is never shown alone
 SHOWN_METRICS = ("fid", "fid_heldout", "precision", "recall", "recall_heldout", "nll_nats")
+MAX_PROMPT = 500  # bytes of a prompt accepted (the text encoder reads 63); longer get 413
 MAX_BODY = 16 * 1024  # bytes of body accepted (no endpoint takes one); larger get 413
 
 
@@ -95,6 +96,7 @@ class LoadedRun:
         names = self.meta.get("class_names") or [str(i) for i in range(k or 0)]
         return {"name": self.name, "model": self.meta.get("model"), "dataset": self.meta.get("dataset"),
                 "steps": self.meta.get("steps"), "conditional": bool(k), "classes": names[:k] if k else [],
+                "text": bool(getattr(self.model, "takes_text", False)),
                 "interpolation": isinstance(self.model, LatentSpace), "metrics": self.metrics,
                 "floors": self.floors, "options": describe_options(self.model.sampling_defaults())}
 
@@ -157,6 +159,17 @@ def _label(run: LoadedRun, params) -> int | None:
     return _int(params, "label", 0, 0, k - 1)
 
 
+def _prompt(run: LoadedRun, params) -> str | None:
+    raw = params.get("prompt")
+    if raw is None:
+        return None
+    if len(raw.encode()) > MAX_PROMPT:
+        raise BadRequest(f"prompt too long: at most {MAX_PROMPT} bytes", 413)
+    if not getattr(run.model, "takes_text", False):
+        raise BadRequest(f"run {run.name} was not trained on captions (--text); leave out prompt")
+    return raw
+
+
 def _options(run: LoadedRun, params) -> dict:
     known = describe_options(run.model.sampling_defaults())
     given = {name: params[name] for name in known if params.get(name) not in (None, "")}
@@ -176,9 +189,15 @@ def generate_png(run: LoadedRun, params, max_images: int) -> bytes:
     count = _int(params, "count", 16, 1, max_images)
     seed = _int(params, "seed", 0, 0, MAX_SEED)
     label = _label(run, params)
+    prompt = _prompt(run, params)
     options = _options(run, params)
+    if len(str(options.get("negative_prompt", "")).encode()) > MAX_PROMPT:
+        raise BadRequest(f"negative_prompt too long: at most {MAX_PROMPT} bytes", 413)
     with run.lock:
-        labels = labels_for(run.model, count, [label] if label is not None else None)
+        if getattr(run.model, "takes_text", False):
+            labels = prompt_tokens(run.model, count, [prompt or ""])
+        else:
+            labels = labels_for(run.model, count, [label] if label is not None else None)
         try:
             images = sample_from(run.model, count, seed=seed, labels=labels, options=options)
         except GenlabError as err:  # e.g. steps above the model's T
@@ -428,6 +447,7 @@ img{image-rendering:pixelated;border:1px solid #eee;margin-top:.5rem} button{pad
 <label>seed <input id="seed" type="number" min="0" value="0"></label>
 <label>count <input id="count" type="number" min="1" max="__MAX__" value="16"></label>
 <label id="label-box" hidden>class <select id="label"></select></label>
+<label id="prompt-box" hidden>prompt <input id="prompt" size="40" maxlength="500" placeholder="red heart"></label>
 <span id="options"></span>
 <button id="generate">Generate</button> <a id="download" download="genlab-grid.png" href="#">download PNG</a>
 <div id="error"></div><img id="grid" alt="generated grid">
@@ -462,6 +482,7 @@ function showRun() {
     (k in r.floors ? " (real data " + Number(r.floors[k]).toPrecision(4) + ")" : "")).join(", ");
   $("info").textContent = r.model + " on " + r.dataset + ", " + r.steps + " steps" + (m ? "; " + m : "");
   $("label-box").hidden = !r.conditional;
+  $("prompt-box").hidden = !r.text;
   $("label").innerHTML = '<option value="">all classes</option>' +
     r.classes.map((c, i) => '<option value="' + i + '">' + i + ": " + esc(c) + "</option>").join("");
   $("options").innerHTML = Object.entries(r.options).map(([k, o]) =>
@@ -480,6 +501,7 @@ async function show(img, url) {
 async function generate() {
   const extra = {seed: $("seed").value, count: $("count").value};
   if (current().conditional && $("label").value !== "") extra.label = $("label").value;
+  if (current().text) extra.prompt = $("prompt").value;
   document.querySelectorAll(".opt").forEach(i => { if (i.value !== "") extra[i.name] = i.value; });
   const src = await show($("grid"), "/api/generate.png?" + query(extra));
   if (src) $("download").href = src;

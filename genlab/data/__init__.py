@@ -82,7 +82,7 @@ def load_dataset(cfg: DataConfig) -> ImageSet:
     if cfg.image_size is not None:
         images = resize(images, cfg.image_size)
     if images is not data.images:
-        data = ImageSet(images, data.labels, data.name, data.class_names)
+        data = ImageSet(images, data.labels, data.name, data.class_names, captions=data.captions)
     return data.subset(cfg.limit) if cfg.limit is not None else data
 
 

@@ -4,7 +4,7 @@ that installs offline from the npm registry.
     npm pack emoji-datasource-twitter@16.0.0     # emoji-datasource-twitter-16.0.0.tgz, 62 MB
 
 The package ships 3,786 64x64 RGBA PNGs (img/twitter/64/) and emoji.json, which gives each its
-category. genlab keeps the 3,781 of the nine picture categories (the five skin-tone swatches of
+category and name (each image's caption, a skin-tone variant's naming its tone). genlab keeps the 3,781 of the nine picture categories (the five skin-tone swatches of
 "Component" are left out), paints transparent pixels on --background (white), and holds out a fixed
 fifth of the base emoji as the test split, each with all its skin-tone variants, so that no face
 appears in both splits in another colour. Graphics: Twemoji, (c) Twitter/X, CC-BY 4.0; the
@@ -42,15 +42,31 @@ INSTALL = (f"install it with `npm pack {PACKAGE}@{VERSION}` (npm from the regist
            f"folder holding {TARBALL}, or run `make emoji`")
 
 
-def entries(catalogue: list[dict]) -> list[tuple[str, str, str]]:
-    """(image file, category, base emoji) of every image of the nine categories, skin variants included."""
+TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
+
+
+def caption(name: str, tones: str = "") -> str:
+    """An image's caption: its emoji.json name in lower case; a skin-tone variant's names the tone
+    ("thumbs up sign, dark skin tone"; two people: "light and dark skin tone")."""
+    text = " ".join(name.lower().split())
+    if not tones:
+        return text
+    named = [TONES.get(t, t.lower()) for t in tones.split("-")]
+    named = list(dict.fromkeys(named))  # "1F3FB-1F3FB": both light
+    return f"{text}, {' and '.join(named)} skin tone"
+
+
+def entries(catalogue: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(image file, category, base emoji, caption) of every image of the nine categories, skin
+    variants included."""
     out = []
     for e in catalogue:
         if e.get("category") not in CATEGORIES:
             continue
-        for variant in [e, *e.get("skin_variations", {}).values()]:
+        variants = [("", e), *e.get("skin_variations", {}).items()]
+        for tones, variant in variants:
             if variant.get("has_img_twitter", True) and variant.get("image"):
-                out.append((variant["image"], e["category"], e["unified"]))
+                out.append((variant["image"], e["category"], e["unified"], caption(e.get("name") or "", tones)))
     return out
 
 
@@ -124,13 +140,14 @@ def load_emoji(cfg: DataConfig) -> ImageSet:
     except json.JSONDecodeError as err:
         raise GenlabError(f"emoji.json in {path} is damaged ({err}); {INSTALL}") from None
     chosen = [e for e in entries(catalogue) if in_test_split(e[2]) == (cfg.split == "test")]
-    images, labels = [], []
-    for file, category, _ in chosen:
+    images, labels, captions = [], [], []
+    for file, category, _, text in chosen:
         name = IMAGES + file
         image = read_rgb(io.BytesIO(reader.read(name)), cfg.background, name=f"{name} in {path}")
         images.append(np.asarray(image, dtype=np.uint8))
         labels.append(CATEGORIES.index(category))
+        captions.append(text)
     if not images:
         raise GenlabError(f"{path} holds no emoji images of the nine categories; {INSTALL}")
     data = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return ImageSet(data, torch.tensor(labels), "emoji", list(CATEGORIES))
+    return ImageSet(data, torch.tensor(labels), "emoji", list(CATEGORIES), captions=captions)

@@ -13,7 +13,9 @@ from genlab.errors import GenlabError
 
 @dataclass
 class ImageSet:
-    """uint8 images [N, C, H, W], int64 labels [N], a name, class names and a content checksum.
+    """uint8 images [N, C, H, W], int64 labels [N], a name, class names, a content checksum and,
+    where the data has them, a caption per image (`captions`; `caption_texts()` gives every
+    dataset's: its own, or its class names through TEMPLATE).
 
     Datasets at this scale (tens of thousands of 28x28 images) fit in memory many times over, so
     batches are indexed straight from these tensors: no worker processes, no per-item Python.
@@ -24,6 +26,7 @@ class ImageSet:
     name: str
     class_names: list[str] = field(default_factory=list)
     checksum: str = ""
+    captions: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -37,6 +40,8 @@ class ImageSet:
         self.labels = self.labels.to(torch.int64)
         if not self.class_names:
             self.class_names = [str(c) for c in range(int(self.labels.max()) + 1)]
+        if self.captions is not None and len(self.captions) != len(self.images):
+            raise GenlabError(f"dataset {self.name}: {len(self.images)} images but {len(self.captions)} captions")
         if not self.checksum:
             self.checksum = content_checksum(self.images, self.labels)
 
@@ -61,7 +66,22 @@ class ImageSet:
         if n >= len(self):
             return self
         keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:n].sort().values
-        return ImageSet(self.images[keep], self.labels[keep], self.name, self.class_names)
+        return ImageSet(self.images[keep], self.labels[keep], self.name, self.class_names,
+                        captions=self.pick_captions(keep.tolist()))
+
+    def pick_captions(self, index: list[int]) -> list[str] | None:
+        """The captions of the images at `index` (None for data without captions of its own)."""
+        return None if self.captions is None else [self.captions[i] for i in index]
+
+    def caption_texts(self) -> list[str]:
+        """A caption per image: the data's own, or its class's name through TEMPLATE ("a photo of a
+        sneaker"), so that a text-conditioned model trains on every labelled dataset."""
+        if self.captions is not None:
+            return list(self.captions)
+        return [TEMPLATE.format(self.class_names[int(c)]) for c in self.labels]
+
+
+TEMPLATE = "a photo of a {}"  # captions of a labelled dataset without its own
 
 
 def content_checksum(images: torch.Tensor, labels: torch.Tensor) -> str:

@@ -199,7 +199,8 @@ def load_folder(cfg: DataConfig) -> ImageSet:
     root = Path(cfg.data_dir)
     if not root.is_dir():
         raise GenlabError(f"data folder {root} does not exist; pass a folder of images with --data-dir")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.name != METADATA and p.suffix.lower() != ".txt")  # captions, not images
     for p in files:
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             raise GenlabError(f"{p} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
@@ -214,6 +215,53 @@ def load_folder(cfg: DataConfig) -> ImageSet:
     keep = folder_split(len(files), cfg.split)
     images = torch.from_numpy(rgb[keep]).permute(0, 3, 1, 2).contiguous()
     labels = [labels[i] for i in keep]
+    captions = folder_captions(root, files)
+    if captions is not None:
+        captions = [captions[i] for i in keep]
     if not colour:
         images = images[:, :1].contiguous()  # grey images: R = G = B, one channel is the image
-    return ImageSet(images, torch.tensor(labels), f"folder:{root.name}", classes)
+    return ImageSet(images, torch.tensor(labels), f"folder:{root.name}", classes, captions=captions)
+
+
+METADATA = "metadata.jsonl"  # Hugging Face's imagefolder captions: {"file_name": ..., "text": ...} a line
+
+
+def folder_captions(root: Path, files: list[Path]) -> list[str] | None:
+    """A caption per image of a folder dataset: from its metadata.jsonl (Hugging Face's imagefolder
+    convention), else from IMAGE.txt beside IMAGE.png; None when it has neither. An image without
+    one has the empty caption (unconditional)."""
+    import json
+
+    found: dict[Path, str] = {}
+    meta = root / METADATA
+    if meta.is_file():
+        for number, line in enumerate(read_caption_text(meta).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise GenlabError(f"{meta} line {number} is not JSON ({err.msg}); write one object a line, "
+                                  '{"file_name": "a.png", "text": "a caption"}') from None
+            if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str) \
+                    or not isinstance(entry.get("text"), str):
+                raise GenlabError(f'{meta} line {number} needs "file_name" and "text" strings, got {line.strip()[:80]}')
+            path = (root / entry["file_name"]).resolve()
+            if not path.is_file():
+                raise GenlabError(f"{meta} line {number} names {entry['file_name']!r}, which is not in {root}; "
+                                  "fix the name or remove the line")
+            found[path] = entry["text"]
+    for p in files:
+        side = p.with_suffix(".txt")
+        if p.resolve() not in found and side.is_file():
+            found[p.resolve()] = read_caption_text(side).strip()
+    if not found:
+        return None
+    return [found.get(p.resolve(), "") for p in files]
+
+
+def read_caption_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise GenlabError(f"caption file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None

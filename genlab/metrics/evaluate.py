@@ -33,6 +33,7 @@ from genlab.metrics.reference import (copying, floor_indices, get_reference, rea
 from genlab.metrics.samples import load_samples_file, prepare_samples
 from genlab.models.common import psnr
 from genlab.models.protocols import Encoder, Likelihood, Solved
+from genlab.models.text import tokenize
 
 # metric -> which way is better (shown in the table)
 BETTER = {"fid": "lower", "fid_equal_n": "lower", "kid": "lower", "is": "higher", "precision": "higher",
@@ -234,6 +235,47 @@ def training_scorer(data_cfg: DataConfig, n: int, seed: int, features=None, log=
     return score
 
 
+def conditions_for(model, n: int, data: DataConfig, seed: int, class_counts: list[int] | None):
+    """What `n` samples to score are conditioned on: the data's mix of classes (a class-conditional
+    model), the captions of `n` training images drawn with `seed` (a model trained on captions), or
+    nothing."""
+    if not getattr(model, "takes_text", False):
+        return labels_for(model, n, proportions=class_counts)
+    return tokenize(training_prompts(load_dataset(with_split(data, "train")), n, seed))
+
+
+def training_prompts(train, n: int, seed: int) -> list[str]:
+    """The captions of `n` training images drawn with `seed`: the prompts a text model is scored on."""
+    captions = train.caption_texts()
+    pick = torch.randint(len(captions), (n,), generator=torch.Generator().manual_seed(seed))
+    return [captions[i] for i in pick.tolist()]
+
+
+def prompt_metrics(model, images: torch.Tensor, data: DataConfig, seed: int, log=print) -> dict:
+    """A text model's CLIP score and R-precision (genlab.metrics.clip) for the prompts its `images`
+    were drawn with (training_prompts), beside the real held-out images' own (the floor) and
+    unconditional samples' (chance)."""
+    from genlab.data import load_heldout
+    from genlab.metrics.clip import get_scorer, text_image_scores
+    from genlab.metrics.reference import split_reference
+
+    train = load_dataset(with_split(data, "train"))
+    scorer = get_scorer(train, log=log)
+    prompts = training_prompts(train, len(images), seed)
+    pool = sorted(set(train.caption_texts()))
+    mine = text_image_scores(scorer, images, prompts, pool, seed)
+    heldout = load_heldout(with_split(data, "train")) or split_reference(data)[1]
+    real = heldout.subset(min(len(heldout), 2000))
+    floor = text_image_scores(scorer, real.images, real.caption_texts(), sorted(set(heldout.caption_texts())), seed)
+    m = min(len(images), 500)
+    uncond = sample_from(model, m, seed=seed + 1, labels=tokenize([""] * m))
+    chance = text_image_scores(scorer, uncond, prompts[:m], pool, seed)
+    return {"clip_score": {"value": mine["clip_score"], "floor": floor["clip_score"], "better": "higher"},
+            "r_precision": {"value": mine["r_precision"], "floor": floor["r_precision"], "better": "higher"},
+            "r_precision_unconditional": {"value": chance["r_precision"], "floor": 1 / chance["ranked_among"],
+                                          "better": "near floor (chance)"}}
+
+
 def evaluate_run(run_dir: str | Path, n: int = EvalOptions.n, seed: int = EvalOptions.seed, features=None,
                  ppl_samples: int = EvalOptions.ppl_samples, save: bool = True, log=print,
                  options: dict | None = None) -> dict:
@@ -241,7 +283,7 @@ def evaluate_run(run_dir: str | Path, n: int = EvalOptions.n, seed: int = EvalOp
     "dpm++2m", "steps": 10}) and evaluate them (with PPL and likelihood where they apply);
     `save` keeps the result as the run's eval.json, which report, compare and serve show."""
     config, model, meta = load_run(run_dir)
-    labels = labels_for(model, n, proportions=meta.get("class_counts"))  # the data's mix of classes
+    labels = conditions_for(model, n, config.data, seed, meta.get("class_counts"))
     started = time.monotonic()
     images = sample_from(model, n, seed=seed, labels=labels, options=options, log=log)
     sampling = {"seconds": time.monotonic() - started, "options": sampling_options(model, options)}
@@ -249,6 +291,8 @@ def evaluate_run(run_dir: str | Path, n: int = EvalOptions.n, seed: int = EvalOp
         sampling["nfe"] = model.last_nfe
     result = evaluate(images, data=config.data, features=features, seed=seed, model=model, ppl_samples=ppl_samples,
                       log=log)
+    if getattr(model, "takes_text", False):  # how well the samples match their prompts
+        result["metrics"].update(prompt_metrics(model, images, config.data, seed, log))
     result["run"] = str(run_dir)
     result["model"] = config.model.name
     result["sampling"] = sampling

@@ -51,6 +51,10 @@ def likelihood(model, test: ImageSet, limit: int = 10_000) -> dict | None:
         limit = min(limit, model.likelihood_images)
     images, labels = test.images[:limit], test.labels[:limit]
     conditional = bool(model.conditional_classes)
+    if getattr(model, "takes_text", False):  # a model trained on captions: each test image's own
+        from genlab.models.text import tokenize
+
+        labels, conditional = tokenize(test.caption_texts()[:limit], warn=False), True
 
     def per_batch(fn) -> list:
         return [fn(images[i:i + 500], **({"labels": labels[i:i + 500]} if conditional else {}))

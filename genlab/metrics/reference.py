@@ -58,8 +58,10 @@ def split_reference(data_cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     cut = len(train) // 5
     held, ref = perm[:cut].sort().values, perm[cut:].sort().values
-    return (ImageSet(train.images[ref], train.labels[ref], train.name, train.class_names),
-            ImageSet(train.images[held], train.labels[held], train.name, train.class_names))
+    return (ImageSet(train.images[ref], train.labels[ref], train.name, train.class_names,
+                     captions=train.pick_captions(ref.tolist())),
+            ImageSet(train.images[held], train.labels[held], train.name, train.class_names,
+                     captions=train.pick_captions(held.tolist())))
 
 
 def get_reference(data_cfg: DataConfig, extractor: Extractor) -> Reference:

@@ -23,6 +23,7 @@ from genlab.core.runtime import LazyOptimizer, Runtime
 from genlab.errors import GenlabError
 from genlab.models import common, solvers
 from genlab.models.common import EMA, to_uint8, to_unit
+from genlab.models.text import START, CrossAttention, TextCondition, TextEncoder, check_negative, check_tokens
 
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddim", "ddpm", "dpm++2m", "unipc")
@@ -57,7 +58,10 @@ class DiffusionConfig:
     ema: float = option(0.999, "decay of the weights' moving average used for sampling (warmed up)")
     dropout: float = option(0.0, "dropout in the residual blocks")
     conditional: bool = option(False, "class-conditional, with label dropout for classifier-free guidance")
-    label_dropout: float = option(0.1, "share of training labels replaced by 'no label' (conditional)")
+    label_dropout: float = option(0.1, "share of training labels (or prompts, --text) replaced by 'no label' "
+                                        "(the empty prompt)")
+    text: bool = option(False, "condition on the data's captions (text-to-image): a text encoder of its own, "
+                               "cross-attention from the U-Net; prompt dropout is --label-dropout")
     guidance: float = option(1.0, "classifier-free guidance scale s: eps_u + s (eps_c - eps_u); 0 = unconditional",
                              resumable=True)
     guidance_low: float = option(0.0, GUIDANCE_LOW, resumable=True)
@@ -83,6 +87,9 @@ class DiffusionConfig:
             raise GenlabError(f"ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
         if not 0 <= self.label_dropout < 1:
             raise GenlabError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        if self.text and self.conditional:
+            raise GenlabError("--text and --conditional both condition the model: choose one (captions name the "
+                              "class where a dataset has no captions of its own)")
         if self.min_snr < 0:
             raise GenlabError(f"min_snr is a signal-to-noise ratio gamma, e.g. 5 (0: off); got {self.min_snr}")
         check_sampling(self.sample_steps, self.eta, self.guidance, self.timesteps, self.guidance_low,
@@ -229,7 +236,8 @@ class UNet(nn.Module):
     attention at H/4 and in the middle; skips concatenated on the way up. Above 32 px one level
     more at the top (64 -> 32 -> 16 -> 8), so that attention still runs on an 8x8 map."""
 
-    def __init__(self, channels: int, width: int, num_classes: int | None, dropout: float, side: int = 32):
+    def __init__(self, channels: int, width: int, num_classes: int | None, dropout: float, side: int = 32,
+                 text: bool = False):
         super().__init__()
         emb_dim = 4 * width
         self.width = width
@@ -251,6 +259,23 @@ class UNet(nn.Module):
         if self.top:
             self.down0, self.pool0 = ResBlock(w, w, emb_dim, dropout), nn.Conv2d(w, w, 3, 2, 1)
             self.up0 = ResBlock(2 * w, w, emb_dim, dropout)
+        self.text = None
+        if text:  # prompts: a text encoder of its own, its pooled state added to the time embedding and
+            # cross-attention at H/4 and in the middle (made after the rest: the other nets are unchanged)
+            self.text = TextEncoder(emb_dim // 2)
+            self.text_pool = nn.Linear(emb_dim // 2, emb_dim)
+            self.cross3, self.mid_cross, self.up_cross3 = (CrossAttention(2 * w, emb_dim // 2) for _ in range(3))
+            self._memo = None  # the latest prompts' encoding while sampling (the same at every step)
+
+    def encode(self, ids: torch.Tensor):
+        """The text encoder's (states, padding, pooled) of token ids; while sampling (eval mode) the
+        last prompts' encoding is reused, as every step of a chain asks for the same prompts."""
+        if self.training:
+            return self.text(ids)
+        memo = self._memo
+        if memo is None or memo[0].shape != ids.shape or memo[0].device != ids.device or not torch.equal(memo[0], ids):
+            self._memo = memo = (ids.clone(), self.text(ids))
+        return memo[1]
 
     def forward(self, x, t, labels=None):
         # oneDNN's convolutions run faster on channels-last maps (on 2 AVX2 cores: latent DDIM sampling
@@ -260,6 +285,14 @@ class UNet(nn.Module):
         emb = self.time(timestep_embedding(t, self.width))
         if self.classes is not None:
             emb = emb + self.classes(labels if labels is not None else torch.full_like(t, self.null_class))
+        text = None
+        if self.text is not None:
+            if labels is None:
+                labels = torch.full((len(x), 1), START, dtype=torch.int64, device=x.device)  # the empty prompt
+            states, pad, pooled = self.encode(labels)
+            emb = emb + self.text_pool(pooled)
+            text = (states, pad)
+
         h = self.stem(x)
         if self.top:
             h0 = self.down0(h, emb)                              # (w, H), H > 32
@@ -267,8 +300,15 @@ class UNet(nn.Module):
         h1 = self.down1(h, emb)                                  # (w, H)
         h2 = self.down2(self.pool1(h1), emb)                     # (2w, H/2)
         h3 = self.attn3(self.down3(self.pool2(h2), emb))         # (2w, H/4)
-        m = self.mid2(self.mid_attn(self.mid1(h3, emb)), emb)
+        if text is not None:
+            h3 = self.cross3(h3, *text)
+        m = self.mid_attn(self.mid1(h3, emb))
+        if text is not None:
+            m = self.mid_cross(m, *text)
+        m = self.mid2(m, emb)
         u3 = self.up_attn3(self.up3(torch.cat([m, h3], 1), emb))
+        if text is not None:
+            u3 = self.up_cross3(u3, *text)
         u2 = self.up2(torch.cat([F.interpolate(u3, size=h2.shape[-2:]), h2], 1), emb)
         u1 = self.up1(torch.cat([F.interpolate(u2, size=h1.shape[-2:]), h1], 1), emb)
         if self.top:
@@ -287,9 +327,11 @@ class DiffusionSampling:
     guidance: float = option(1.0, "classifier-free guidance scale (conditional models; 0 = unconditional)")
     guidance_low: float = option(0.0, GUIDANCE_LOW)
     guidance_high: float = option(1.0, GUIDANCE_HIGH)
+    negative_prompt: str = option("", "a model trained with --text: what guidance steers away from (the prompt of "
+                                      "guidance's unconditional branch; empty: none)")
 
 
-class Diffusion:
+class Diffusion(TextCondition):
     """A diffusion model as a genlab family: U-Net, its EMA, one Adam optimiser, the schedule."""
 
     SamplingOptions = DiffusionSampling
@@ -316,7 +358,8 @@ class Diffusion:
         self.space_shape = self.space(self.image_shape)
         c, h, _ = self.space_shape
         self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
-        self.unet = UNet(c, config.width, self.conditional_classes, config.dropout, h).to(self.device)
+        self.takes_text = bool(config.text)
+        self.unet = UNet(c, config.width, self.conditional_classes, config.dropout, h, self.takes_text).to(self.device)
         self.ema = EMA(self.unet, config.ema, warmup=True)  # early weights fade fast
         self.unet_ema = self.ema.net.eval()
         self.opt = LazyOptimizer(torch.optim.Adam, self.unet.parameters(), lr=config.lr)
@@ -337,7 +380,9 @@ class Diffusion:
         noise = rt.randn(*x0.shape)
         x_t = self.schedule.q_sample(x0, t, noise)
         y = None
-        if self.conditional_classes:  # label dropout teaches the same net the unconditional eps
+        if self.takes_text:  # prompt dropout: the empty prompt is the unconditional model
+            y = self.drop_prompts(labels.to(self.device), rt.rand(len(labels)) < cfg.label_dropout)
+        elif self.conditional_classes:  # label dropout teaches the same net the unconditional eps
             y = labels.to(self.device).clone()
             y[rt.rand(len(y)) < cfg.label_dropout] = self.conditional_classes
         target = noise if cfg.prediction == "eps" else self.schedule.v_target(x0, t, noise)
@@ -359,7 +404,13 @@ class Diffusion:
     # ---------------------------------------------------------------- sampling
 
     def _labels(self, labels, n: int):
+        if self.takes_text:
+            return check_tokens(labels, n, self.device)
         return common.check_labels(labels, n, self.conditional_classes, self.device)
+
+    def null_like(self, y: torch.Tensor) -> torch.Tensor:
+        """Guidance's unconditional condition: 'no label', or the empty (or negative) prompt."""
+        return self.uncond_like(y) if self.takes_text else torch.full_like(y, self.conditional_classes)
 
     def predict(self, x_t, t, labels, guidance: float):
         """(x_0, eps) at step t with the EMA weights; classifier-free guidance for a conditional model:
@@ -370,9 +421,9 @@ class Diffusion:
         elif guidance == 1:
             out = net(x_t, t, labels)
         elif guidance == 0:
-            out = net(x_t, t, torch.full_like(labels, self.conditional_classes))
+            out = net(x_t, t, self.null_like(labels))
         else:
-            null = torch.full_like(labels, self.conditional_classes)
+            null = self.null_like(labels)
             both = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
             cond, uncond = both.chunk(2)
             out = uncond + guidance * (cond - uncond)
@@ -397,7 +448,8 @@ class Diffusion:
 
     @torch.no_grad()
     def chain(self, n: int, labels=None, generator=None, sampler=None, steps=None, eta=None, guidance=None,
-              keep: int = 0, interval: tuple[float, float] | None = None, spacing: str | None = None):
+              keep: int = 0, interval: tuple[float, float] | None = None, spacing: str | None = None,
+              negative_prompt: str = ""):
         """Run a sampler from x_T ~ N(0, I); returns x_0 in [-1, 1] and, with `keep`, `keep` snapshots
         of x_t along the way. All noise is drawn on the CPU from `generator`. Guidance applies at the
         steps whose noise level t / T lies in `interval` (low, high); elsewhere the scale is 1."""
@@ -412,6 +464,7 @@ class Diffusion:
         if spacing not in SPACINGS:
             raise GenlabError(f"unknown spacing {spacing!r}; known: {', '.join(SPACINGS)}")
         y = self._labels(labels, n)
+        check_negative(self, negative_prompt)
         x = torch.randn(n, *self.space_shape, generator=generator).to(self.device)
         ts = self.timesteps_for(sampler, steps, spacing)
         self.last_nfe = len(ts)
@@ -466,7 +519,8 @@ class Diffusion:
         """n images uint8 [n, C, H, W] on the CPU (config's sampler, DDIM with 50 steps by default)."""
         o = common.sampling_options(self.sampling_defaults(), options)
         return to_uint8(self.chain(n, labels, generator, o.sampler, o.steps, o.eta, o.guidance,
-                                   interval=(o.guidance_low, o.guidance_high), spacing=o.spacing)).cpu()
+                                   interval=(o.guidance_low, o.guidance_high), spacing=o.spacing,
+                                   negative_prompt=o.negative_prompt)).cpu()
 
     @torch.no_grad()
     def denoising_strip(self, rows: int = 4, frames: int = 10) -> tuple[torch.Tensor, int]:

@@ -30,6 +30,7 @@ from genlab.errors import GenlabError
 from genlab.models import common
 from genlab.models.common import EMA, to_uint8, to_unit
 from genlab.models.diffusion import UNet
+from genlab.models.text import TextCondition, check_negative, check_tokens
 
 SAMPLERS = ("euler", "heun", "midpoint", "dopri5")
 EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}  # network evaluations a fixed step takes
@@ -57,7 +58,10 @@ class FlowConfig:
     ema: float = option(0.999, "decay of the weights' moving average used for sampling (warmed up)")
     dropout: float = option(0.0, "dropout in the residual blocks")
     conditional: bool = option(False, "class-conditional, with label dropout for classifier-free guidance")
-    label_dropout: float = option(0.1, "share of training labels replaced by 'no label' (conditional)")
+    label_dropout: float = option(0.1, "share of training labels (or prompts, --text) replaced by 'no label' "
+                                        "(the empty prompt)")
+    text: bool = option(False, "condition on the data's captions (text-to-image): a text encoder of its own, "
+                               "cross-attention from the U-Net; prompt dropout is --label-dropout")
     guidance: float = option(1.0, "classifier-free guidance scale s: v_u + s (v_c - v_u); 0 = unconditional",
                              resumable=True)
     guidance_low: float = option(0.0, "classifier-free guidance only at times t >= this (t = 1 is noise)",
@@ -78,6 +82,9 @@ class FlowConfig:
             raise GenlabError(f"ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
         if not 0 <= self.label_dropout < 1:
             raise GenlabError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        if self.text and self.conditional:
+            raise GenlabError("--text and --conditional both condition the model: choose one (captions name the "
+                              "class where a dataset has no captions of its own)")
         if self.likelihood_steps < 1:
             raise GenlabError(f"likelihood_steps must be at least 1, got {self.likelihood_steps}")
         check_sampling(self.sampler, self.sample_steps, self.tolerance, self.guidance, self.guidance_low,
@@ -129,9 +136,11 @@ class FlowSampling:
     guidance: float = option(1.0, "classifier-free guidance scale (conditional models; 0 = unconditional)")
     guidance_low: float = option(0.0, "guidance only at times t >= this")
     guidance_high: float = option(1.0, "guidance only at times t <= this")
+    negative_prompt: str = option("", "a model trained with --text: what guidance steers away from (the prompt of "
+                                      "guidance's unconditional branch; empty: none)")
 
 
-class FlowMatching:
+class FlowMatching(TextCondition):
     """A rectified flow as a genlab family: U-Net, its EMA, one Adam optimiser."""
 
     SamplingOptions = FlowSampling
@@ -155,7 +164,8 @@ class FlowMatching:
         self.space_shape = self.space(self.image_shape)
         c, h, _ = self.space_shape
         self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
-        self.unet = UNet(c, config.width, self.conditional_classes, config.dropout, h).to(self.device)
+        self.takes_text = bool(config.text)
+        self.unet = UNet(c, config.width, self.conditional_classes, config.dropout, h, self.takes_text).to(self.device)
         self.ema = EMA(self.unet, config.ema, warmup=True)
         self.unet_ema = self.ema.net.eval()
         self.opt = LazyOptimizer(torch.optim.Adam, self.unet.parameters(), lr=config.lr)
@@ -184,7 +194,9 @@ class FlowMatching:
         tb = t.view(-1, *[1] * (x0.dim() - 1))
         x_t = (1 - tb) * x0 + tb * noise
         y = None
-        if self.conditional_classes:  # label dropout teaches the same net the unconditional velocity
+        if self.takes_text:  # prompt dropout: the empty prompt is the unconditional model
+            y = self.drop_prompts(labels.to(self.device), rt.rand(len(labels)) < cfg.label_dropout)
+        elif self.conditional_classes:  # label dropout teaches the same net the unconditional velocity
             y = labels.to(self.device).clone()
             y[rt.rand(len(y)) < cfg.label_dropout] = self.conditional_classes
         with rt.autocast():
@@ -200,6 +212,12 @@ class FlowMatching:
 
     # ---------------------------------------------------------------- sampling
 
+    def condition(self, labels, n: int):
+        """Checked conditions of n samples: prompts' tokens (--text), class numbers, or None."""
+        if self.takes_text:
+            return check_tokens(labels, n, self.device)
+        return common.check_labels(labels, n, self.conditional_classes, self.device)
+
     def velocity(self, x: torch.Tensor, t: float, labels, guidance: float) -> torch.Tensor:
         """v(x, t) with the EMA weights; classifier-free guidance v_u + s (v_c - v_u) for a
         conditional model (s = 0: the unconditional model, s = 1: the conditional one)."""
@@ -207,7 +225,7 @@ class FlowMatching:
         tt = torch.full((len(x),), float(t) * TIME_SCALE, device=self.device)
         if labels is None:
             return net(x, tt).float()
-        null = torch.full_like(labels, self.conditional_classes)
+        null = self.uncond_like(labels) if self.takes_text else torch.full_like(labels, self.conditional_classes)
         if guidance == 1:
             return net(x, tt, labels).float()
         if guidance == 0:
@@ -221,7 +239,8 @@ class FlowMatching:
         or decoded latents) and, with `keep`, `keep` snapshots along the way."""
         o = options or self.sampling_defaults()
         check_sampling(o.sampler, o.steps, o.tolerance, o.guidance, o.guidance_low, o.guidance_high)
-        y = common.check_labels(labels, n, self.conditional_classes, self.device)
+        y = self.condition(labels, n)
+        check_negative(self, o.negative_prompt)
         x = torch.randn(n, *self.space_shape, generator=generator).to(self.device)
         nfe = 0
 
@@ -321,7 +340,7 @@ class Flow(FlowMatching):
         n = len(x)
         x = x.to(self.device)
         probe = (probe if probe is not None else torch.ones_like(x)).to(self.device)
-        y = common.check_labels(labels, n, self.conditional_classes, self.device)
+        y = self.condition(labels, n)
 
         def f(state: torch.Tensor, t: float) -> torch.Tensor:  # state [n, D + 1]: the point and the integral
             with torch.enable_grad():

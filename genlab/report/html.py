@@ -265,17 +265,37 @@ def run_row(run: Run) -> dict:
     row.update({k: result["metrics"].get(k, {}).get("value") for k in COLUMNS})
     row["floors"] = {k: result["metrics"].get(k, {}).get("floor") for k in COLUMNS}  # real data's own scores
     row["features"], row["n"] = result.get("features"), result.get("n")  # what the scores mean: see comparability
+    row["sampling"] = sampling_cell(result.get("sampling"), result.get("n"))
     error = human_scores(run.read_lines(Run.RATINGS), run.name).get("error_rate")
     row["human"] = (f"{error['value']:.0%} [{error['low']:.0%}, {error['high']:.0%}], {error['votes']} votes"
                     if error else "-")
     return row
 
 
+def sampling_cell(sampling: dict | None, n: int | None) -> str:
+    """How the scored samples were drawn: "dpm++2m, 10 steps, 10 NFE, 9.8 s / 10,000" (a diffusion or
+    flow run), "temperature 1.0, 4.1 s / 10,000" (another family), "-" before genlab recorded it."""
+    if not sampling:
+        return "-"
+    options = dict(sampling.get("options") or {})
+    parts = []
+    if "sampler" in options:
+        parts.append(str(options.pop("sampler")))
+        if "steps" in options:
+            parts.append(f"{options.pop('steps')} steps")
+        if sampling.get("nfe") is not None:
+            parts.append(f"{sampling['nfe']} NFE")
+    parts += [f"{k} {v}" for k, v in options.items() if k in ("guidance", "eta", "temperature", "tolerance")]
+    if sampling.get("seconds") is not None and n:
+        parts.append(f"{sampling['seconds']:.1f} s / {n:,}")
+    return ", ".join(parts) or "-"
+
+
 def compare_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """The table's head and cells; a score with a real-data floor is written "value (floor)"."""
     head = ["run", "model", "dataset", "budget", "img/s", "FID (floor)", "FID held-out (floor)", "KID (floor)",
             "IS (floor)", "precision (floor)", "recall (floor)", "recall held-out (floor)", "coverage (floor)",
-            "copying C_T", "NLL (nats)", "human error rate", "scored in (samples)"]
+            "copying C_T", "NLL (nats)", "human error rate", "scored in (samples)", "sampled with"]
 
     def cell(r: dict, k: str) -> str:
         floor = r.get("floors", {}).get(k)
@@ -283,7 +303,7 @@ def compare_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 
     body = [[r["run"], r["model"], r["dataset"], f"{r['minutes']:.1f} min, {r['steps']} steps", fmt(r["img_per_s"]),
              *[cell(r, k) for k in COLUMNS], r["human"],
-             f"{r['features']} ({r['n']:,})" if r["features"] and r["n"] else "-"] for r in rows]
+             f"{r['features']} ({r['n']:,})" if r["features"] and r["n"] else "-", r["sampling"]] for r in rows]
     return head, body
 
 

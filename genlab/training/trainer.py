@@ -37,6 +37,7 @@ from genlab.metrics.card import write_card
 from genlab.models import build_model
 from genlab.models.diagnosis import Diagnostics, GradientWatch
 from genlab.models.protocols import Diagnosed, Prepared
+from genlab.models.text import tokenize
 from genlab.plots import plot_curves
 from genlab.training.callbacks import (Budget, Callback, Checkpoints, Diagnosing, Evaluation, Grids, LearningRate,
                                        Logger, Signals, TensorBoard, all_ranks_stop)
@@ -86,6 +87,8 @@ class Trainer:
         self.excluded_seconds = 0.0  # spent evaluating: not counted in img/s
         self.resumed_from: int | None = None
         self.error: NonFiniteError | None = None
+        # what a batch is conditioned on: the labels, or for a model trained on captions (--text) their tokens
+        self.conditions = tokenize(data.caption_texts()) if getattr(model, "takes_text", False) else data.labels
 
     def epoch_of(self, step: int) -> int:
         """The epoch (1-based) that step `step` belongs to."""
@@ -132,7 +135,7 @@ class Trainer:
             self.perm = torch.randperm(len(self.data), generator=self.order)
         idx = self.rt.shard(self.perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size])
         device = self.rt.device
-        return self.data.images[idx].to(device), self.data.labels[idx].to(device)
+        return self.data.images[idx].to(device), self.conditions[idx].to(device)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """The family's step; with --on-nan skip a batch that made a NaN/inf is counted and dropped."""

@@ -183,3 +183,16 @@ def test_chromium_renders_the_report(runs, tmp_path):
         grey = img.convert("L")
         lo, hi = grey.getextrema()
         assert hi - lo > 100 and len(grey.histogram()) - grey.histogram().count(0) > 20  # not a blank page
+
+
+def test_compare_says_how_each_runs_samples_were_drawn(runs, tmp_path, capsys):
+    from genlab.report.html import sampling_cell
+
+    assert main(["compare", str(runs["vae"]), "--out", str(tmp_path / "c.html"), "--markdown", "--samples", "4"]) == 0
+    table = capsys.readouterr().out
+    assert "sampled with" in table.splitlines()[0]
+    assert table.splitlines()[2].rstrip(" |").endswith("s / 200")  # its eval's 200 samples, timed
+    cell = sampling_cell({"seconds": 9.84, "nfe": 10, "options": {"sampler": "dpm++2m", "steps": 10, "eta": 0.0,
+                                                                  "spacing": "uniform"}}, 10_000)
+    assert cell == "dpm++2m, 10 steps, 10 NFE, eta 0.0, 9.8 s / 10,000"
+    assert sampling_cell(None, 10_000) == "-"  # an eval.json from before genlab recorded it
