@@ -98,7 +98,14 @@ class LoadedRun:
                 "steps": self.meta.get("steps"), "conditional": bool(k), "classes": names[:k] if k else [],
                 "text": bool(getattr(self.model, "takes_text", False)),
                 "interpolation": isinstance(self.model, LatentSpace), "metrics": self.metrics,
-                "floors": self.floors, "options": describe_options(self.model.sampling_defaults())}
+                "floors": self.floors, "options": self.options()}
+
+    def options(self) -> dict:
+        """The family's sampling options; a negative prompt only where the model reads text."""
+        known = describe_options(self.model.sampling_defaults())
+        if not getattr(self.model, "takes_text", False):
+            known.pop("negative_prompt", None)
+        return known
 
 
 def load_runs(paths: list[str | Path]) -> dict[str, LoadedRun]:
@@ -171,7 +178,7 @@ def _prompt(run: LoadedRun, params) -> str | None:
 
 
 def _options(run: LoadedRun, params) -> dict:
-    known = describe_options(run.model.sampling_defaults())
+    known = run.options()
     given = {name: params[name] for name in known if params.get(name) not in (None, "")}
     try:
         return sampling_options(run.model, given)

@@ -44,14 +44,14 @@ OPTIONS = {  # a valid value of every sampling option each family has
     "gan-mlp": {}, "dcgan": {}, "vae": {"temperature": "0.5"}, "vae-mlp": {"temperature": "0.5"},
     "transformer": {"temperature": "0.9", "top_k": "3", "guidance": "2"},
     "diffusion": {"sampler": "dpm++2m", "steps": "2", "eta": "0.5", "spacing": "karras", "guidance": "2",
-                  "guidance_low": "0.1", "guidance_high": "0.9"},
+                  "guidance_low": "0.1", "guidance_high": "0.9", "negative_prompt": ""},
     "latent-diffusion": {"sampler": "unipc", "steps": "2", "eta": "0.5", "spacing": "uniform", "guidance": "2",
-                         "guidance_low": "0.1", "guidance_high": "0.9"},
+                         "guidance_low": "0.1", "guidance_high": "0.9", "negative_prompt": ""},
     "latent-transformer": {"temperature": "0.9", "top_k": "3", "guidance": "2"},
     "flow": {"sampler": "midpoint", "steps": "2", "tolerance": "0.01", "guidance": "2", "guidance_low": "0.1",
-             "guidance_high": "0.9"},
+             "guidance_high": "0.9", "negative_prompt": ""},
     "latent-flow": {"sampler": "dopri5", "steps": "2", "tolerance": "0.01", "guidance": "2", "guidance_low": "0.1",
-                    "guidance_high": "0.9"},
+                    "guidance_high": "0.9", "negative_prompt": ""},
 }
 
 

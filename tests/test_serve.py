@@ -59,8 +59,8 @@ def test_page_and_run_list(client):
     assert listed["gan"]["options"] == {} and set(listed["vae"]["options"]) == {"temperature"}
     # guidance only for a Transformer trained with label dropout, which this one was not
     assert set(listed["pixels"]["options"]) == {"temperature", "top_k"} and not listed["pixels"]["interpolation"]
-    assert set(listed["diff"]["options"]) == {"sampler", "steps", "eta", "guidance", "guidance_low",
-                                                 "guidance_high"}
+    assert set(listed["diff"]["options"]) == {"sampler", "steps", "eta", "spacing", "guidance",
+                                                 "guidance_low", "guidance_high"}
     assert listed["diff"]["options"]["steps"]["default"] == 3
 
 

@@ -199,8 +199,10 @@ def load_folder(cfg: DataConfig) -> ImageSet:
     root = Path(cfg.data_dir)
     if not root.is_dir():
         raise GenlabError(f"data folder {root} does not exist; pass a folder of images with --data-dir")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and p.name != METADATA and p.suffix.lower() != ".txt")  # captions, not images
+    found = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != METADATA]
+    pictures = {p.with_suffix("") for p in found if p.suffix.lower() in IMAGE_SUFFIXES}
+    # IMAGE.txt beside IMAGE.png is that image's caption; any other file is not an image
+    files = sorted(p for p in found if not (p.suffix.lower() == ".txt" and p.with_suffix("") in pictures))
     for p in files:
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             raise GenlabError(f"{p} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}); "

@@ -295,15 +295,15 @@ def compare_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """The table's head and cells; a score with a real-data floor is written "value (floor)"."""
     head = ["run", "model", "dataset", "budget", "img/s", "FID (floor)", "FID held-out (floor)", "KID (floor)",
             "IS (floor)", "precision (floor)", "recall (floor)", "recall held-out (floor)", "coverage (floor)",
-            "copying C_T", "NLL (nats)", "human error rate", "scored in (samples)", "sampled with"]
+            "copying C_T", "NLL (nats)", "human error rate", "sampled with", "scored in (samples)"]
 
     def cell(r: dict, k: str) -> str:
         floor = r.get("floors", {}).get(k)
         return fmt(r[k]) if r[k] is None or floor is None else f"{fmt(r[k])} ({fmt(floor)})"
 
     body = [[r["run"], r["model"], r["dataset"], f"{r['minutes']:.1f} min, {r['steps']} steps", fmt(r["img_per_s"]),
-             *[cell(r, k) for k in COLUMNS], r["human"],
-             f"{r['features']} ({r['n']:,})" if r["features"] and r["n"] else "-", r["sampling"]] for r in rows]
+             *[cell(r, k) for k in COLUMNS], r["human"], r["sampling"],
+             f"{r['features']} ({r['n']:,})" if r["features"] and r["n"] else "-"] for r in rows]
     return head, body
 
 
