@@ -7,7 +7,11 @@ The package ships 3,786 64x64 RGBA PNGs (img/twitter/64/) and emoji.json, which 
 category and name (each image's caption, a skin-tone variant's naming its tone). genlab keeps the 3,781 of the nine picture categories (the five skin-tone swatches of
 "Component" are left out), paints transparent pixels on --background (white), and holds out a fixed
 fifth of the base emoji as the test split, each with all its skin-tone variants, so that no face
-appears in both splits in another colour. Graphics: Twemoji, (c) Twitter/X, CC-BY 4.0; the
+appears in both splits in another colour. The test split also holds a fixed set of **combinations**
+whose parts are seen in training but not together: one skin tone of half the training emoji that
+come in tones (128 images), so that "waving hand sign, dark skin tone" is never trained on while
+the waving hand (in its other tones) and the dark tone (on other emoji) are; `combinations()` picks
+them out of the test split, where `genlab eval` scores a text model's composition. Graphics: Twemoji, (c) Twitter/X, CC-BY 4.0; the
 package's data: MIT.
 
 Where genlab looks: --data-dir (the .tgz, a folder holding it, or the unpacked package), then
@@ -56,9 +60,9 @@ def caption(name: str, tones: str = "") -> str:
     return f"{text}, {' and '.join(named)} skin tone"
 
 
-def entries(catalogue: list[dict]) -> list[tuple[str, str, str, str]]:
-    """(image file, category, base emoji, caption) of every image of the nine categories, skin
-    variants included."""
+def entries(catalogue: list[dict]) -> list[tuple[str, str, str, str, str]]:
+    """(image file, category, base emoji, caption, skin tones) of every image of the nine
+    categories, skin variants included."""
     out = []
     for e in catalogue:
         if e.get("category") not in CATEGORIES:
@@ -66,13 +70,39 @@ def entries(catalogue: list[dict]) -> list[tuple[str, str, str, str]]:
         variants = [("", e), *e.get("skin_variations", {}).items()]
         for tones, variant in variants:
             if variant.get("has_img_twitter", True) and variant.get("image"):
-                out.append((variant["image"], e["category"], e["unified"], caption(e.get("name") or "", tones)))
+                out.append((variant["image"], e["category"], e["unified"], caption(e.get("name") or "", tones),
+                            tones))
     return out
 
 
 def in_test_split(base: str) -> bool:
     """A fixed fifth of the base emoji (and all their variants): the held-out split."""
     return int(hashlib.sha1(base.encode()).hexdigest(), 16) % 5 == 0
+
+
+def held_out_combination(base: str, tones: str) -> bool:
+    """The combinations held out of training: for half the training emoji that come in skin tones,
+    one of the five tones (both fixed by hash). Each such emoji is trained on in its other tones and
+    each tone on other emoji, never the two together."""
+    if tones not in TONES or in_test_split(base):
+        return False
+    h = int(hashlib.sha1(f"{base} combination".encode()).hexdigest(), 16)
+    return h % 2 == 0 and list(TONES)[h // 2 % len(TONES)] == tones
+
+
+def combinations(train: ImageSet, heldout: ImageSet) -> ImageSet | None:
+    """The held-out images that combine parts seen in training (held_out_combination): a skin-tone
+    variant of an emoji whose own name is a training caption. None without captions or such images."""
+    if train.captions is None or heldout.captions is None:
+        return None
+    seen = set(train.caption_texts())
+    keep = [i for i, c in enumerate(heldout.caption_texts())
+            if c.endswith(" skin tone") and ", " in c and c.rsplit(", ", 1)[0] in seen]
+    if not keep:
+        return None
+    index = torch.tensor(keep)
+    return ImageSet(heldout.images[index], heldout.labels[index], heldout.name, heldout.class_names,
+                    captions=heldout.pick_captions(keep))
 
 
 class PackageReader:
@@ -139,9 +169,10 @@ def load_emoji(cfg: DataConfig) -> ImageSet:
         catalogue = json.loads(reader.read("emoji.json"))
     except json.JSONDecodeError as err:
         raise GenlabError(f"emoji.json in {path} is damaged ({err}); {INSTALL}") from None
-    chosen = [e for e in entries(catalogue) if in_test_split(e[2]) == (cfg.split == "test")]
+    chosen = [e for e in entries(catalogue)
+              if (in_test_split(e[2]) or held_out_combination(e[2], e[4])) == (cfg.split == "test")]
     images, labels, captions = [], [], []
-    for file, category, _, text in chosen:
+    for file, category, _, text, _ in chosen:
         name = IMAGES + file
         image = read_rgb(io.BytesIO(reader.read(name)), cfg.background, name=f"{name} in {path}")
         images.append(np.asarray(image, dtype=np.uint8))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import DataConfig
-from genlab.data import ImageSet, load_dataset, load_heldout, with_split
+from genlab.data import ImageSet, Splits, splits_of
 from genlab.core.progress import KeptProgress, kept_seconds
 from genlab.metrics.features import (Extractor, FeatureEncoder, find_cached, load_extractor, save_extractor,
                                      unfinished_path)
@@ -108,28 +108,29 @@ def linear_probe_accuracy(train_features: torch.Tensor, train_labels: torch.Tens
 DEFAULT_RECIPE = ContrastiveRecipe()
 
 
-def get_contrastive_extractor(data_cfg: DataConfig, recipe: ContrastiveRecipe | None = None, log=print) -> Extractor:
-    """The cached self-supervised extractor of `data_cfg`'s dataset, trained now if there is none
+def get_contrastive_extractor(data: DataConfig | Splits, recipe: ContrastiveRecipe | None = None,
+                              log=print) -> Extractor:
+    """The cached self-supervised extractor of `data`'s dataset, trained now if there is none
     yet (labels, where the data has them, are used only to report a linear probe's accuracy)."""
     recipe = recipe or DEFAULT_RECIPE
-    train_cfg = with_split(data_cfg, "train")
-    train = load_dataset(train_cfg)
-    cached = find_cached(data_cfg.dataset, train.checksum, recipe, kind="contrastive")
+    splits = splits_of(data)
+    train = splits.train
+    cached = find_cached(splits.dataset, train.checksum, recipe, kind="contrastive")
     if cached is not None:
         return load_extractor(cached)
-    log(f"training the self-supervised feature extractor for {data_cfg.dataset} once (cached afterwards)...")
-    progress = unfinished_path(data_cfg.dataset, train.checksum, recipe, "contrastive")
+    log(f"training the self-supervised feature extractor for {splits.dataset} once (cached afterwards)...")
+    progress = unfinished_path(splits.dataset, train.checksum, recipe, "contrastive")
     started = time.monotonic() - kept_seconds(progress)  # an interrupted training's seconds count
     encoder = train_contrastive(train, recipe, log, progress)
     probe = None
-    test = load_heldout(train_cfg)
+    test = splits.heldout
     if test is not None and train.num_classes >= 2:
         probe = linear_probe_accuracy(encode(encoder, train.images), train.labels,
                                       encode(encoder, test.images), test.labels)
     extractor = save_extractor(encoder, {
-        "kind": "contrastive", "dataset": data_cfg.dataset, "data_checksum": train.checksum,
+        "kind": "contrastive", "dataset": splits.dataset, "data_checksum": train.checksum,
         "image_shape": list(train.shape), "num_classes": 0, "class_names": [], "recipe": asdict(recipe),
-        "probe_accuracy": probe, "train_seconds": round(time.monotonic() - started, 1)}, f"{data_cfg.dataset}-ssl")
+        "probe_accuracy": probe, "train_seconds": round(time.monotonic() - started, 1)}, f"{splits.dataset}-ssl")
     progress.unlink(missing_ok=True)
     log(f"feature extractor {extractor.name}: self-supervised, linear probe accuracy "
         f"{'n/a (no labels)' if probe is None else f'{probe:.2%}'}, {extractor.spec['train_seconds']:.0f} s")

@@ -16,7 +16,7 @@ import torch
 
 from genlab.config import CHANNELS, MIN_EVAL_SAMPLES, DataConfig, option
 from genlab.core.run import Run
-from genlab.data import load_dataset, with_split
+from genlab.data import Splits, load_dataset, splits_of, with_split
 from genlab.data.convert import BACKGROUNDS, FILTER
 from genlab.errors import GenlabError
 from genlab.generate import (labels_for, load_run, parse_option_items, sample_from, sampling_options,
@@ -28,8 +28,7 @@ from genlab.metrics.features import Extractor, get_extractor, load_extractor
 from genlab.metrics.human import describe, human_scores
 from genlab.metrics.model_metrics import likelihood, ppl
 from genlab.metrics.own_features import load_own_extractor
-from genlab.metrics.reference import (copying, floor_indices, get_reference, real_floor, score_features,
-                                      split_reference)
+from genlab.metrics.reference import copying, floor_indices, get_reference, real_floor, score_features
 from genlab.metrics.samples import load_samples_file, prepare_samples
 from genlab.models.common import psnr
 from genlab.models.protocols import Encoder, Likelihood, Solved
@@ -93,41 +92,42 @@ class EvalOptions:
             raise GenlabError("--samples needs --dataset NAME: the data the samples are compared with")
 
 
-def open_extractor(data_cfg: DataConfig, features=None, log=print) -> Extractor:
+def open_extractor(data: DataConfig | Splits, features=None, log=print) -> Extractor:
     """The extractor `features` names: `classifier` or `contrastive` (genlab's, cached), a genlab
     extractor folder (checked to be of the same dataset), or a TorchScript .pt / torch.export .pt2
     file; by default the classifier, or the contrastive extractor when the dataset has no labels."""
+    splits = splits_of(data)
     if features in (None, "", "auto"):
-        labelled = load_dataset(with_split(data_cfg, "train")).num_classes >= 2
-        features = "classifier" if labelled else "contrastive"
+        features = "classifier" if splits.train.num_classes >= 2 else "contrastive"
     if features == "classifier":
-        return get_extractor(data_cfg, log=log)
+        return get_extractor(splits, log=log)
     if features == "contrastive":
-        return get_contrastive_extractor(data_cfg, log=log)
+        return get_contrastive_extractor(splits, log=log)
     path = Path(features)
     if path.is_file() and path.name != "extractor.safetensors":
-        train = load_dataset(with_split(data_cfg, "train"))
-        return load_own_extractor(path, train.shape, f"{data_cfg.dataset}-{train.checksum.split(':')[-1][:8]}")
+        train = splits.train
+        return load_own_extractor(path, train.shape, f"{splits.dataset}-{train.checksum.split(':')[-1][:8]}")
     extractor = load_extractor(features)
-    if extractor.spec["dataset"] != data_cfg.dataset:
+    if extractor.spec["dataset"] != splits.dataset:
         raise GenlabError(f"feature extractor {extractor.name} was trained on {extractor.spec['dataset']}, "
-                          f"not {data_cfg.dataset}; pass an extractor of {data_cfg.dataset} or leave out --features")
+                          f"not {splits.dataset}; pass an extractor of {splits.dataset} or leave out --features")
     return extractor
 
 
 def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
              image_size: int | None = EvalOptions.image_size, features: str | Path | None = None, resize: bool = False,
              seed: int = EvalOptions.seed, model=None, ppl_samples: int = EvalOptions.ppl_samples, floor: bool = True,
-             log=print, data: DataConfig | None = None) -> dict:
-    """Score samples (uint8 [N, C, H, W] or [N, H, W], or floats in [0, 1]) against a dataset (`data`,
-    or the one `dataset`, `data_dir` and `image_size` name), on the training split and held out.
+             log=print, data: DataConfig | Splits | None = None) -> dict:
+    """Score samples (uint8 [N, C, H, W] or [N, H, W], or floats in [0, 1]) against a dataset (`data`:
+    its settings or its splits as read already, or the one `dataset`, `data_dir` and `image_size`
+    name), on the training split and held out.
 
     Returns {"features", "dataset", "n", "metrics": {name: {"value", "floor", "better"}}, ...}.
     With `model`, also its perceptual path length and, where it has one, its test likelihood."""
-    data_cfg = data or DataConfig(dataset=dataset, data_dir=data_dir, image_size=image_size)
-    extractor = open_extractor(data_cfg, features, log)
+    splits = splits_of(data or DataConfig(dataset=dataset, data_dir=data_dir, image_size=image_size))
+    extractor = open_extractor(splits, features, log)
     x = prepare_samples(images, extractor.image_shape, resize)
-    ref = get_reference(data_cfg, extractor)
+    ref = get_reference(splits, extractor)
     feats, logits = extractor(x)
     values = score_features(feats, logits, ref, seed)
     copied = copying(feats, ref)
@@ -140,7 +140,7 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
     convention = {}
     if model is not None:
         values["ppl"] = ppl(model, extractor, n=ppl_samples, seed=seed)
-        test = split_reference(data_cfg)[1] if isinstance(model, (Likelihood, Encoder)) else None
+        test = splits.reference()[1] if isinstance(model, (Likelihood, Encoder)) else None
         if isinstance(model, Likelihood):
             values.update(likelihood(model, test))
             convention = {"likelihood_convention": model.likelihood_convention}
@@ -164,7 +164,7 @@ def evaluate(images, dataset: str = "mnist-sample", data_dir: str | None = None,
                                           extractor.spec["class_names"]))
     return {"features": extractor.name, "features_kind": extractor.kind, "features_note": extractor.describe(),
             "features_test_accuracy": extractor.spec.get("test_accuracy"), "resize_filter": FILTER,
-            "dataset": data_cfg.dataset, "n": len(x), "floor_n": n_floor,
+            "dataset": splits.dataset, "n": len(x), "floor_n": n_floor,
             "heldout_n": len(ref.heldout_features), "knn_n": values["knn_n"],
             "class_histogram": values.get("class_histogram"), "class_names": extractor.spec["class_names"],
             "data_copying": copied, "warnings": warnings, "metrics": metrics, **convention}
@@ -215,13 +215,14 @@ def reconstruction(model: Encoder, heldout, extractor: Extractor, ref, n: int) -
     return out
 
 
-def training_scorer(data_cfg: DataConfig, n: int, seed: int, features=None, log=print,
+def training_scorer(data: DataConfig | Splits, n: int, seed: int, features=None, log=print,
                     class_counts: list[int] | None = None):
     """A function model -> {metric: value} for evaluation during training: `n` samples from the
     same noise each time (a conditional model's labels in the data's proportions), no PPL or floors
     (cheap enough to run every few hundred steps)."""
-    extractor = open_extractor(data_cfg, features, log)
-    ref = get_reference(data_cfg, extractor)
+    splits = splits_of(data)
+    extractor = open_extractor(splits, features, log)
+    ref = get_reference(splits, extractor)
 
     def score(model) -> dict:
         labels = labels_for(model, n, proportions=class_counts)
@@ -235,13 +236,13 @@ def training_scorer(data_cfg: DataConfig, n: int, seed: int, features=None, log=
     return score
 
 
-def conditions_for(model, n: int, data: DataConfig, seed: int, class_counts: list[int] | None):
+def conditions_for(model, n: int, data: DataConfig | Splits, seed: int, class_counts: list[int] | None):
     """What `n` samples to score are conditioned on: the data's mix of classes (a class-conditional
     model), the captions of `n` training images drawn with `seed` (a model trained on captions), or
     nothing."""
     if not getattr(model, "takes_text", False):
         return labels_for(model, n, proportions=class_counts)
-    return tokenize(training_prompts(load_dataset(with_split(data, "train")), n, seed))
+    return tokenize(training_prompts(splits_of(data).train, n, seed))
 
 
 def training_prompts(train, n: int, seed: int) -> list[str]:
@@ -251,29 +252,39 @@ def training_prompts(train, n: int, seed: int) -> list[str]:
     return [captions[i] for i in pick.tolist()]
 
 
-def prompt_metrics(model, images: torch.Tensor, data: DataConfig, seed: int, log=print) -> dict:
+def prompt_metrics(model, images: torch.Tensor, data: DataConfig | Splits, seed: int, log=print) -> dict:
     """A text model's CLIP score and R-precision (genlab.metrics.clip) for the prompts its `images`
     were drawn with (training_prompts), beside the real held-out images' own (the floor) and
-    unconditional samples' (chance)."""
-    from genlab.data import load_heldout
+    unconditional samples' (chance); where the dataset holds out combinations of parts seen in
+    training (emoji), the same for samples of those captions beside their real images."""
     from genlab.metrics.clip import get_scorer, text_image_scores
-    from genlab.metrics.reference import split_reference
 
-    train = load_dataset(with_split(data, "train"))
+    splits = splits_of(data)
+    train = splits.train
     scorer = get_scorer(train, log=log)
     prompts = training_prompts(train, len(images), seed)
     pool = sorted(set(train.caption_texts()))
     mine = text_image_scores(scorer, images, prompts, pool, seed)
-    heldout = load_heldout(with_split(data, "train")) or split_reference(data)[1]
+    heldout = splits.reference()[1]
     real = heldout.subset(min(len(heldout), 2000))
     floor = text_image_scores(scorer, real.images, real.caption_texts(), sorted(set(heldout.caption_texts())), seed)
     m = min(len(images), 500)
     uncond = sample_from(model, m, seed=seed + 1, labels=tokenize([""] * m))
     chance = text_image_scores(scorer, uncond, prompts[:m], pool, seed)
-    return {"clip_score": {"value": mine["clip_score"], "floor": floor["clip_score"], "better": "higher"},
-            "r_precision": {"value": mine["r_precision"], "floor": floor["r_precision"], "better": "higher"},
-            "r_precision_unconditional": {"value": chance["r_precision"], "floor": 1 / chance["ranked_among"],
-                                          "better": "near floor (chance)"}}
+    out = {"clip_score": {"value": mine["clip_score"], "floor": floor["clip_score"], "better": "higher"},
+           "r_precision": {"value": mine["r_precision"], "floor": floor["r_precision"], "better": "higher"},
+           "r_precision_unconditional": {"value": chance["r_precision"], "floor": 1 / chance["ranked_among"],
+                                         "better": "near floor (chance)"}}
+    combined = splits.combinations()
+    if combined is not None:  # composition: prompts whose parts were trained on, never together
+        asked = combined.caption_texts()
+        drawn = sample_from(model, len(asked), seed=seed + 2, labels=tokenize(asked))
+        pool = sorted(set(asked))
+        mine, real = (text_image_scores(scorer, x, asked, pool, seed) for x in (drawn, combined.images))
+        out["clip_score_combinations"] = {"value": mine["clip_score"], "floor": real["clip_score"], "better": "higher"}
+        out["r_precision_combinations"] = {"value": mine["r_precision"], "floor": real["r_precision"],
+                                           "better": "higher"}
+    return out
 
 
 def evaluate_run(run_dir: str | Path, n: int = EvalOptions.n, seed: int = EvalOptions.seed, features=None,
@@ -283,16 +294,17 @@ def evaluate_run(run_dir: str | Path, n: int = EvalOptions.n, seed: int = EvalOp
     "dpm++2m", "steps": 10}) and evaluate them (with PPL and likelihood where they apply);
     `save` keeps the result as the run's eval.json, which report, compare and serve show."""
     config, model, meta = load_run(run_dir)
-    labels = conditions_for(model, n, config.data, seed, meta.get("class_counts"))
+    splits = Splits(config.data)  # each split read once, for every score below
+    labels = conditions_for(model, n, splits, seed, meta.get("class_counts"))
     started = time.monotonic()
     images = sample_from(model, n, seed=seed, labels=labels, options=options, log=log)
     sampling = {"seconds": time.monotonic() - started, "options": sampling_options(model, options)}
     if isinstance(model, Solved):
         sampling["nfe"] = model.last_nfe
-    result = evaluate(images, data=config.data, features=features, seed=seed, model=model, ppl_samples=ppl_samples,
+    result = evaluate(images, data=splits, features=features, seed=seed, model=model, ppl_samples=ppl_samples,
                       log=log)
     if getattr(model, "takes_text", False):  # how well the samples match their prompts
-        result["metrics"].update(prompt_metrics(model, images, config.data, seed, log))
+        result["metrics"].update(prompt_metrics(model, images, splits, seed, log))
     result["run"] = str(run_dir)
     result["model"] = config.model.name
     result["sampling"] = sampling
@@ -318,9 +330,9 @@ def eval_command(opts: EvalOptions, log=print) -> dict:
                             ppl_samples=opts.ppl_samples, log=log, options=given)
     data = DataConfig(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
                       channels=opts.channels, background=opts.background, crop=opts.crop)
-    channels = load_dataset(with_split(data, "train")).shape[0]
-    images = load_samples_file(opts.samples, channels, opts.background)
-    result = evaluate(images, data=data, features=opts.features, resize=opts.resize, seed=opts.seed, log=log)
+    train = load_dataset(with_split(data, "train"))
+    images = load_samples_file(opts.samples, train.shape[0], opts.background)
+    result = evaluate(images, data=Splits(data, train=train), features=opts.features, resize=opts.resize, seed=opts.seed, log=log)
     return {**result, "samples": opts.samples}
 
 

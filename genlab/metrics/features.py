@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.config import DataConfig
-from genlab.data import ImageSet, load_dataset, load_heldout, with_split
+from genlab.data import ImageSet, Splits, splits_of
 from genlab.errors import GenlabError
 from genlab.paths import cache_dir
 from genlab.core.checkpoint import load_into, load_state, save_state, weights_hash
@@ -243,27 +243,27 @@ def save_extractor(net: nn.Module, spec: dict, prefix: str) -> Extractor:
     return Extractor(net, spec, folder)
 
 
-def get_extractor(data_cfg: DataConfig, recipe: FeatureRecipe = FeatureRecipe(), log=print) -> Extractor:
-    """The cached classifier of `data_cfg`'s dataset, trained now if there is none yet."""
-    train_cfg = with_split(data_cfg, "train")
-    train = load_dataset(train_cfg)
+def get_extractor(data: DataConfig | Splits, recipe: FeatureRecipe = FeatureRecipe(), log=print) -> Extractor:
+    """The cached classifier of `data`'s dataset, trained now if there is none yet."""
+    splits = splits_of(data)
+    train = splits.train
     if train.num_classes < 2:
         raise GenlabError(f"dataset {train.name} has no classes to train a feature extractor on (a classifier "
                           "needs labels); use the self-supervised extractor, --features contrastive (genlab eval's "
                           "default for such data)")
-    cached = find_cached(data_cfg.dataset, train.checksum, recipe)
+    cached = find_cached(splits.dataset, train.checksum, recipe)
     if cached is not None:
         return load_extractor(cached)
-    log(f"training the feature extractor for {data_cfg.dataset} once (cached afterwards)...")
-    progress = unfinished_path(data_cfg.dataset, train.checksum, recipe, "classifier")
+    log(f"training the feature extractor for {splits.dataset} once (cached afterwards)...")
+    progress = unfinished_path(splits.dataset, train.checksum, recipe, "classifier")
     started = time.monotonic() - kept_seconds(progress)  # an interrupted training's seconds count
     net = train_classifier(train, recipe, log, progress)
-    test = load_heldout(train_cfg)
+    test = splits.heldout
     extractor = save_extractor(net, {
-        "kind": "classifier", "dataset": data_cfg.dataset, "data_checksum": train.checksum,
+        "kind": "classifier", "dataset": splits.dataset, "data_checksum": train.checksum,
         "image_shape": list(train.shape), "num_classes": train.num_classes, "class_names": train.class_names,
         "recipe": asdict(recipe), "test_accuracy": accuracy(net, test) if test is not None else None,
-        "train_seconds": round(time.monotonic() - started, 1)}, data_cfg.dataset)
+        "train_seconds": round(time.monotonic() - started, 1)}, splits.dataset)
     progress.unlink(missing_ok=True)
     acc = extractor.spec["test_accuracy"]
     log(f"feature extractor {extractor.name}: test accuracy {'n/a' if acc is None else f'{acc:.2%}'}, "

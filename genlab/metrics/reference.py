@@ -25,7 +25,7 @@ import torch
 
 from genlab.config import DataConfig
 from genlab.core.checkpoint import load_state, save_state
-from genlab.data import ImageSet, load_dataset, load_heldout, with_split
+from genlab.data import ImageSet, Splits, splits_of
 from genlab.errors import GenlabError
 from genlab.metrics import scores
 from genlab.metrics.features import Extractor
@@ -48,26 +48,16 @@ class Reference:
     folder: Path  # cache folder (the extractor's)
 
 
-def split_reference(data_cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+def split_reference(data: DataConfig | Splits) -> tuple[ImageSet, ImageSet]:
     """(reference, held-out): train and test splits, or 4/5 and 1/5 of a dataset with no test split."""
-    train_cfg = with_split(data_cfg, "train")
-    train = load_dataset(train_cfg)
-    test = load_heldout(train_cfg)
-    if test is not None:
-        return train, test
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    cut = len(train) // 5
-    held, ref = perm[:cut].sort().values, perm[cut:].sort().values
-    return (ImageSet(train.images[ref], train.labels[ref], train.name, train.class_names,
-                     captions=train.pick_captions(ref.tolist())),
-            ImageSet(train.images[held], train.labels[held], train.name, train.class_names,
-                     captions=train.pick_captions(held.tolist())))
+    return splits_of(data).reference()
 
 
-def get_reference(data_cfg: DataConfig, extractor: Extractor) -> Reference:
-    """Reference features for `extractor`'s dataset, from its cache folder or computed once."""
+def get_reference(data: DataConfig | Splits, extractor: Extractor) -> Reference:
+    """Reference features for `extractor`'s dataset, from its cache folder or computed once (the
+    images are read only then)."""
     def compute() -> dict:
-        ref, held = split_reference(data_cfg)
+        ref, held = split_reference(data)
         feats, _ = extractor(ref.images)
         held_feats, held_logits = extractor(held.images)
         mu, sigma = scores.gaussian_stats(feats)

@@ -31,7 +31,7 @@ from genlab.core import distributed
 from genlab.core.checkpoint import load_into, save_state
 from genlab.core.run import Run
 from genlab.core.runtime import NonFiniteError, Runtime, capture_rng, resolve_device, restore_rng, seed_everything
-from genlab.data import DATASETS, ImageSet, load_dataset, load_heldout
+from genlab.data import DATASETS, ImageSet, Splits, load_dataset, splits_for_training
 from genlab.errors import GenlabError
 from genlab.metrics.card import write_card
 from genlab.models import build_model
@@ -212,9 +212,10 @@ def run_metadata(config: RunConfig, data: ImageSet, rt: Runtime, model) -> dict:
 
 
 def make_callbacks(config: RunConfig, run: Run | None, model, data: ImageSet, ranks: distributed.Ranks,
-                   scorer=None, resumed_from: int | None = None) -> list[Callback]:
+                   scorer=None, resumed_from: int | None = None, splits: Splits | None = None) -> list[Callback]:
     """The callbacks of a run: every rank stops alike; the first rank keeps the record."""
     cfg = config.train
+    splits = splits or splits_for_training(config.data, data)
     callbacks: list[Callback] = [Budget(), Signals()]
     if cfg.lr_decay != "none":
         callbacks.append(LearningRate(cfg))
@@ -225,8 +226,8 @@ def make_callbacks(config: RunConfig, run: Run | None, model, data: ImageSet, ra
         evaluation = Evaluation(run, cfg.eval_every, scorer, logger.say) if scorer is not None else None
         callbacks += [evaluation] if evaluation else []
         if cfg.diagnose_every:
-            callbacks.append(Diagnosing(run, diagnostics_for(model, data, config), cfg.diagnose_every, logger.say,
-                                        evaluation))
+            callbacks.append(Diagnosing(run, diagnostics_for(model, data, config, splits), cfg.diagnose_every,
+                                        logger.say, evaluation))
     if cfg.tensorboard and ranks.is_main:
         board = TensorBoard(run, resumed_from)
         board.attach(callbacks)
@@ -235,11 +236,11 @@ def make_callbacks(config: RunConfig, run: Run | None, model, data: ImageSet, ra
     return callbacks
 
 
-def diagnostics_for(model, data: ImageSet, config: RunConfig) -> Diagnostics:
+def diagnostics_for(model, data: ImageSet, config: RunConfig, splits: Splits) -> Diagnostics:
     """Gradient norms for every family, and the family's own watches (a GAN's) where it has them."""
     watches = []
     if isinstance(model, Diagnosed):
-        heldout = load_heldout(config.data) if config.data.split == "train" else None
+        heldout = splits.heldout if config.data.split == "train" else None
         watches = model.watches((data.images, data.labels), heldout and (heldout.images, heldout.labels),
                                 config.train.seed)
     return Diagnostics([*watches, GradientWatch()])
@@ -250,7 +251,8 @@ def main_rank_log(ranks: distributed.Ranks):
     return (lambda text: print(text, file=sys.stderr)) if ranks.is_main else (lambda text: None)
 
 
-def prepare(model, data: ImageSet, config: RunConfig, ranks: distributed.Ranks) -> tuple[dict | None, float]:
+def prepare(model, data: ImageSet, config: RunConfig, ranks: distributed.Ranks,
+            splits: Splits) -> tuple[dict | None, float]:
     """What a `Prepared` family needs before its first step (a latent family's first stage, from
     the cache or trained now), and the seconds it took. Under torchrun the first rank fills the cache
     before the others read it; then the first rank of each other node (its cache may be its own:
@@ -258,7 +260,7 @@ def prepare(model, data: ImageSet, config: RunConfig, ranks: distributed.Ranks) 
     if not isinstance(model, Prepared):
         return None, 0.0
     started = time.monotonic()
-    heldout = load_heldout(config.data) if config.data.split == "train" else None
+    heldout = splits.heldout if config.data.split == "train" else None
     say = main_rank_log(ranks)
     turns = (ranks.rank == 0, ranks.rank != 0 and ranks.local_rank == 0, ranks.local_rank != 0)
     for mine in turns if ranks.world_size > 1 else (True,):
@@ -278,13 +280,13 @@ def attach(model, data: ImageSet, ranks: distributed.Ranks) -> float:
     return time.monotonic() - started
 
 
-def make_scorer(config: RunConfig, data: ImageSet, ranks: distributed.Ranks):
+def make_scorer(config: RunConfig, data: ImageSet, ranks: distributed.Ranks, splits: Splits):
     """The scorer of --eval-every (its feature extractor trained now if it is not cached)."""
     if not (config.train.eval_every and ranks.is_main):
         return None
     from genlab.metrics.evaluate import training_scorer
 
-    return training_scorer(config.data, config.train.eval_n, config.train.seed,
+    return training_scorer(splits, config.train.eval_n, config.train.seed,
                            features=config.train.eval_features, log=lambda text: print(text, file=sys.stderr),
                            class_counts=torch.bincount(data.labels, minlength=data.num_classes).tolist())
 
@@ -307,15 +309,16 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
         run = Run(Run.check_out(config.train.out, config.train.overwrite))  # fail before any slow work
     rt, ranks = setup_runtime(config.train)
     data = load_dataset(config.data)
+    splits = splits_for_training(config.data, data)  # every later use of the data reads it from here
     steps_per_epoch(len(data), config.train.batch_size)
     seed_everything(config.train.seed)
     model = build_model(config.model, data.shape, data.num_classes, rt)
-    prepared, prepare_seconds = prepare(model, data, config, ranks) if tree is None else (None, 0.0)
+    prepared, prepare_seconds = prepare(model, data, config, ranks, splits) if tree is None else (None, 0.0)
     distributed.broadcast_state(model.nets().values())
     if config.train.compile:
         for net in model.nets().values():
             net.compile()
-    scorer = make_scorer(config, data, ranks)
+    scorer = make_scorer(config, data, ranks, splits)
     if ranks.is_main and tree is None:
         meta = run_metadata(config, data, rt, model)
         if prepared is not None:
@@ -325,7 +328,7 @@ def train(config: RunConfig, resume_run: str | Path | None = None) -> Path:
 
     resumed_from = tree["loop"]["step"] if tree is not None else None
     trainer = Trainer(model, data, config.train, rt, ranks,
-                      make_callbacks(config, run, model, data, ranks, scorer, resumed_from))
+                      make_callbacks(config, run, model, data, ranks, scorer, resumed_from, splits))
     trainer.state.seconds = prepare_seconds  # a first stage trained now is part of the budget
     if tree is not None:
         if ranks.is_main:

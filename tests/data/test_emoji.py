@@ -75,3 +75,30 @@ def test_a_damaged_or_missing_package_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(GenlabError, match="npm pack emoji-datasource-twitter@16.0.0"):
         load_dataset(DataConfig(dataset="emoji", data_dir=str(tmp_path / "empty")))
+
+
+def test_held_out_combinations_have_their_parts_in_training_but_never_together():
+    from genlab.data import ImageSet
+
+    catalogue = [{"unified": f"1F9{i:02X}", "name": f"PERSON {i}", "image": f"p{i}.png", "category": "People & Body",
+                  "skin_variations": {t: {"image": f"p{i}-{t}.png"} for t in emoji.TONES}} for i in range(60)]
+    rows = emoji.entries(catalogue)
+    held = [emoji.in_test_split(base) or emoji.held_out_combination(base, tones) for _, _, base, _, tones in rows]
+
+    def split(keep):
+        chosen = [r for r, h in zip(rows, held) if h == keep]
+        n = len(chosen)
+        return ImageSet(torch.zeros(n, 3, 8, 8, dtype=torch.uint8), torch.zeros(n, dtype=torch.long), "emoji",
+                        list(emoji.CATEGORIES), captions=[r[3] for r in chosen])
+    train, test = split(False), split(True)
+    combined = emoji.combinations(train, test).caption_texts()
+    expected = [r[3] for r in rows if emoji.held_out_combination(r[2], r[4])]
+    assert combined == expected and 10 < len(combined) < 60  # about half the training faces, one tone each
+    seen = set(train.caption_texts())
+    for text in combined:
+        person, tone = text.rsplit(", ", 1)
+        assert text not in seen and person in seen  # the face is trained on, in its other tones too
+        assert sum(c.startswith(person + ", ") for c in seen) == 4
+        assert any(c.endswith(", " + tone) for c in seen)  # and the tone, on other faces
+    faces = {r[2] for r, h in zip(rows, held) if h and not emoji.in_test_split(r[2])}
+    assert len(faces) == len(combined)  # one combination a face

@@ -1,3 +1,5 @@
+import collections
+import dataclasses
 import json
 import math
 import shutil
@@ -8,7 +10,7 @@ import torch
 
 from genlab.cli import main
 from genlab.config import DataConfig
-from genlab.data import ImageSet, load_dataset
+from genlab.data import DATASETS, ImageSet, load_dataset
 from genlab.errors import GenlabError
 from genlab.metrics import evaluate as E
 from genlab.metrics import reference
@@ -312,3 +314,31 @@ def test_train_with_eval_every_keeps_the_best(small_extractor, tmp_path):
     _, meta = load_state(run / "best.safetensors")
     assert float(meta["fid"]) == best_fid
     assert load_run(run, weights="best.safetensors")[1] is not None
+
+
+def count_reads(monkeypatch) -> collections.Counter:
+    """How often each split of mnist-sample is read from disk from now on."""
+    reads = collections.Counter()
+    entry = DATASETS["mnist-sample"]
+
+    def loader(cfg):
+        reads[cfg.split] += 1
+        return entry.loader(cfg)
+    monkeypatch.setitem(DATASETS, "mnist-sample", dataclasses.replace(entry, loader=loader))
+    return reads
+
+
+def test_each_command_reads_each_split_once(small_extractor, tmp_path, monkeypatch):
+    # a copy of the extractor without its reference statistics, so that both commands compute them
+    features = tmp_path / "features"
+    shutil.copytree(small_extractor.path, features, ignore=shutil.ignore_patterns("reference*", "radii*", "floors*"))
+    reads = count_reads(monkeypatch)
+    run = tmp_path / "vae"  # an Encoder with a likelihood: its eval scores reconstructions and the test NLL too
+    assert main(["train", "--model", "vae", "--width", "8", "--steps", "4", "--batch-size", "16", "--no-progress",
+                 "--device", "cpu", "--eval-every", "2", "--eval-n", "100", "--eval-features", str(features),
+                 "--out", str(run)]) == 0
+    assert reads == {"train": 1, "test": 1}, reads  # the training data, and the held-out split for the reference
+    (features / "reference.safetensors").unlink()
+    reads.clear()
+    assert main(["eval", str(run), "--n", "100", "--features", str(features), "--ppl-samples", "10"]) == 0
+    assert reads == {"train": 1, "test": 1}, reads  # reference, floors, likelihood and reconstructions share them

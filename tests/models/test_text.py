@@ -226,3 +226,30 @@ def test_eval_of_a_text_run_reports_clip_score_and_r_precision_beside_floors(tmp
     for name in ("clip_score", "r_precision", "r_precision_unconditional"):
         assert metrics[name]["value"] is not None and metrics[name]["floor"] is not None
     assert metrics["r_precision_unconditional"]["floor"] == pytest.approx(1 / 10)  # 10 digit captions
+
+
+def test_eval_scores_composition_on_a_datasets_held_out_combinations(tmp_path, small_extractor, monkeypatch):
+    import dataclasses
+    import functools
+
+    from genlab.data import DATASETS
+    from genlab.metrics import clip
+
+    monkeypatch.setattr(clip, "get_scorer", functools.partial(clip.get_scorer, recipe=clip.ClipRecipe(
+        steps=20, batch_size=16, width=8, dim=16)))
+    run = tmp_path / "digits"
+    assert main(["train", "--model", "flow", "--text", "--width", "8", "--sample-steps", "2", "--steps", "3",
+                 "--out", str(run), *TINY]) == 0
+    picked = []
+
+    def combinations(train, heldout):  # as emoji's: held-out images whose captions' parts were trained on
+        picked.append(heldout.subset(24))
+        return picked[-1]
+    entry = DATASETS["mnist-sample"]
+    monkeypatch.setitem(DATASETS, "mnist-sample", dataclasses.replace(entry, combinations=combinations))
+    assert main(["eval", str(run), "--n", "40", "--features", str(small_extractor.path), "--json",
+                 str(tmp_path / "e.json")]) == 0
+    metrics = json.loads((tmp_path / "e.json").read_text())["metrics"]
+    assert picked and all(len(p) == 24 for p in picked)
+    for name in ("clip_score_combinations", "r_precision_combinations"):
+        assert metrics[name]["value"] is not None and metrics[name]["floor"] is not None
