@@ -39,7 +39,8 @@ for name, entry in list(D.DATASETS.items()):
 started = time.perf_counter()
 rc = main(["eval", *sys.argv[1:]])
 total = time.perf_counter() - started
-print(json.dumps({"rc": rc, "seconds": total, "reads": dict(reads), "read_seconds": sum(seconds.values()),
+import genlab
+print(json.dumps({"rc": rc, "genlab": genlab.__file__, "seconds": total, "reads": dict(reads), "read_seconds": sum(seconds.values()),
                   "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
