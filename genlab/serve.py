@@ -5,7 +5,7 @@ the sampling options of the run's family (temperature, top-k, DDIM steps, guidan
 interpolates between two seeds with a slider (families with a latent space), and downloads the grid
 as PNG. Its Rate view asks people what the metrics cannot: "real or fake?" one image at a time (half
 held-out real images, half samples, in an order fixed by seeds), or "A or B?" for two runs' samples
-of the same class side by side; each vote is one line of RUN/ratings.jsonl (genlab.metrics.human
+of the same class side by side, or for a text run "which of two images shows this prompt?"; each vote is one line of RUN/ratings.jsonl (genlab.metrics.human
 scores them). Every endpoint checks its parameters and answers a bad one with a 4xx and one
 sentence; the server keeps serving. The page loads nothing from outside: its script and style are
 inline.
@@ -36,6 +36,7 @@ from genlab.metrics.human import PROTOCOLS, human_scores
 from genlab.metrics.scores import slerp
 from genlab.models.common import describe_options, to_uint8
 from genlab.models.protocols import LatentSpace
+from genlab.models.text import tokenize
 
 @dataclass
 class ServeOptions:
@@ -80,6 +81,10 @@ class LoadedRun:
 
     def heldout(self) -> torch.Tensor:
         """The held-out images of the run's data (uint8), loaded once."""
+        return self.heldout_set().images
+
+    def heldout_set(self):
+        """The held-out split of the run's data (an ImageSet, its captions too), loaded once."""
         if self._heldout is None:
             try:
                 data = load_heldout(self.config.data)
@@ -88,7 +93,7 @@ class LoadedRun:
                                  409) from None
             if data is None:
                 raise BadRequest(f"dataset {self.meta.get('dataset')} has no held-out images to show", 409)
-            self._heldout = data.images
+            self._heldout = data
         return self._heldout
 
     def describe(self) -> dict:
@@ -300,6 +305,8 @@ def next_item(runs: dict, rating: Rating, params) -> dict:
     if protocol not in PROTOCOLS:
         raise BadRequest(f"unknown protocol {protocol!r}; the protocols: {', '.join(PROTOCOLS)}")
     run, rater = _run(runs, params), _rater(params)
+    if protocol == "prompt-match":
+        return prompt_item(run, rating, rater)
     if protocol == "real-or-fake":
         k = rating.position((rater, protocol, run.name))
         pair, first_real = k // 2, _coin(RATE_SEED + k // 2)
@@ -329,6 +336,30 @@ def next_item(runs: dict, rating: Rating, params) -> dict:
     return {"item": rating.serve(record), "protocol": protocol, "images": [_data_url(img) for _, img in pair]}
 
 
+def prompt_item(run: LoadedRun, rating: Rating, rater: str) -> dict:
+    """Prompt matching: a held-out caption and two samples from the same seed, one drawn for that
+    caption and one for another, left and right by a seeded coin; which one shows the prompt?"""
+    if not getattr(run.model, "takes_text", False):
+        raise BadRequest(f"run {run.name} was not trained on captions (--text): rate it with real-or-fake or a-or-b")
+    captions = sorted(set(run.heldout_set().caption_texts()))
+    if len(captions) < 2:
+        raise BadRequest(f"dataset {run.meta.get('dataset')} has fewer than two held-out captions to match", 409)
+    k = rating.position((rater, "prompt-match", run.name))
+    order = torch.randperm(len(captions), generator=torch.Generator().manual_seed(RATE_SEED)).tolist()
+    prompt, decoy = captions[order[k % len(captions)]], captions[order[(k + 1) % len(captions)]]
+    seed = RATE_SEED + k
+    with run.lock:
+        drawn = [sample_from(run.model, 1, seed=seed, labels=tokenize([text]))[0] for text in (prompt, decoy)]
+    truth = "left"
+    if _coin(RATE_SEED + 7919 * k):
+        drawn.reverse()
+        truth = "right"
+    record = {"protocol": "prompt-match", "runs": [run.name], "prompt": prompt, "decoy": decoy, "truth": truth,
+              "seed": seed, "index": k}
+    return {"item": rating.serve(record), "protocol": "prompt-match", "prompt": prompt,
+            "images": [_data_url(img) for img in drawn]}
+
+
 def vote(runs: dict, rating: Rating, body) -> dict:
     """Record one answer: a line in each rated run's ratings.jsonl (fsynced); returns the scores."""
     if not isinstance(body, dict):
@@ -337,7 +368,7 @@ def vote(runs: dict, rating: Rating, body) -> dict:
     answer = body.get("answer")
     item = str(body.get("item", ""))
     record = rating.take(item)
-    allowed = ("real", "fake") if record["protocol"] == "real-or-fake" else ("left", "right")
+    allowed = ("real", "fake") if record["protocol"] == "real-or-fake" else ("left", "right")  # A/B, prompts
     if answer not in allowed:
         with rating.lock:
             rating.served[item] = record  # a bad answer does not use up the item
@@ -461,10 +492,11 @@ img{image-rendering:pixelated;border:1px solid #eee;margin-top:.5rem} button{pad
 </fieldset>
 <fieldset id="rate"><legend>Rate: can people tell the samples from real images?</legend>
 <label>protocol <select id="protocol"><option value="real-or-fake">real or fake (one image)</option>
-<option value="a-or-b">A or B (two runs, same class)</option></select></label>
+<option value="a-or-b">A or B (two runs, same class)</option>
+<option value="prompt-match">which image shows the prompt? (a text run)</option></select></label>
 <label id="other-box" hidden>against <select id="other"></select></label>
 <button id="rate-start">Start rating</button>
-<div id="rate-images"></div>
+<div id="rate-prompt"></div><div id="rate-images"></div>
 <div id="rate-buttons" hidden></div>
 <div id="rate-score"></div>
 </fieldset>
@@ -526,7 +558,8 @@ let item = null;
 function pct(x) { return Math.round(100 * x) + "%"; }
 function showScores(scores) {
   const lines = [];
-  const names = {error_rate: "human error rate", fake_error_rate: "samples taken for real", preference: "preferred"};
+  const names = {error_rate: "human error rate", fake_error_rate: "samples taken for real", preference: "preferred",
+                 prompt_match: "image for its prompt chosen"};
   for (const [k, v] of Object.entries(scores)) {
     lines.push(names[k] + " " + pct(v.value) + " [" + pct(v.low) + ", " + pct(v.high) + "], " + v.votes + " votes");
   }
@@ -540,6 +573,7 @@ async function nextItem() {
   const data = await res.json();
   if (!res.ok) { $("error").textContent = data.detail; return; }
   item = data.item;
+  $("rate-prompt").textContent = data.prompt ? "prompt: " + data.prompt : "";
   $("rate-images").innerHTML = data.images.map((src, i) => '<img class="rate-image" src="' + src + '" alt="image ' + (i + 1) + '">').join(" ");
   const answers = data.protocol === "real-or-fake" ? ["real", "fake"] : ["left", "right"];
   $("rate-buttons").innerHTML = answers.map(a => '<button class="answer" data-answer="' + a + '">' + a + '</button>').join(" ");

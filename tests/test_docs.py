@@ -50,7 +50,13 @@ def test_the_readme_is_a_page_and_names_the_two_commands():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 250
     assert "make demo" in text.split("##")[0] and "make test" in text.split("##")[0]
-    assert "NFE_SUMMARY" not in text and "LF_FID" not in text  # no placeholder left
+    # every score in the families' table names the benchmark script that measured it, and it exists
+    table = text.split("## Families")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| family")]
+    assert len(rows) >= 8
+    for row in rows:
+        script = re.search(r"`(\w+\.py)` \|$", row)
+        assert script and (ROOT / "benchmarks" / script.group(1)).is_file(), row
 
 
 def test_there_are_runnable_blocks():

@@ -205,3 +205,8 @@ def test_browser_clicks_generate_and_sees_a_grid(live):
         lo, hi = grid.convert("L").getextrema()
         assert hi - lo > 100  # white padding and drawn pixels: not a blank image
     assert shot.stat().st_size > 0
+
+
+def test_prompt_matching_is_for_a_run_trained_on_captions(client):
+    res = client.get("/api/rate/next", params={"run": "gan", "protocol": "prompt-match", "rater": "r1"})
+    assert res.status_code == 400 and "--text" in res.json()["detail"]

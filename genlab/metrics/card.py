@@ -7,6 +7,7 @@ export (`genlab export`) can be uploaded as it is.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from genlab.core.run import Run
@@ -18,6 +19,21 @@ def _grid(folder: Path) -> str | None:
     samples = folder / Run.SAMPLES
     grids = sorted(samples.glob("epoch_*.png")) + ([samples / "final.png"] if (samples / "final.png").is_file() else [])
     return f"{Run.SAMPLES}/{grids[-1].name}" if grids else None
+
+
+def _prompts(folder: Path) -> list[str]:
+    """The example prompts of a text model's grids (samples/prompts.json, written by training)."""
+    path = folder / Run.SAMPLES / "prompts.json"
+    try:
+        prompts = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [str(p) for p in prompts] if isinstance(prompts, list) else []
+
+
+def prompt_arg(folder: Path) -> str:
+    prompts = _prompts(folder)
+    return f", prompt={prompts[0]!r}" if prompts else ""
 
 
 def card_text(run: Run, load_path: str | None = None, grid: str | None = None) -> str:
@@ -64,11 +80,16 @@ def card_text(run: Run, load_path: str | None = None, grid: str | None = None) -
     grid = grid or _grid(run.path)
     if grid:
         lines += ["", "## Samples", "", f"![samples]({grid})"]
+        prompts = _prompts(run.path)
+        if prompts:
+            lines += ["", "Each row is drawn for one prompt (captions of training images), top to bottom:", "",
+                      *[f"{i}. `{p}`" for i, p in enumerate(prompts, 1)], "",
+                      f'Your own: `genlab sample {run.path} --prompt "..." --n 16 --out FOLDER`.']
     path = load_path or str(run.path)
     lines += ["", "## Reproduce", "", "```bash", f"genlab train --config {run.path / Run.CONFIG} --out NEW_RUN",
               "```", "", f"The original command: `{' '.join(meta.get('command', []))}`", "",
               "## Use", "", "```python", "import genlab", f'model = genlab.load("{path}")',
-              "images = model.sample(16, seed=0)  # uint8 [16, C, H, W]", "```", ""]
+              f"images = model.sample(16, seed=0{prompt_arg(run.path)})  # uint8 [16, C, H, W]", "```", ""]
     return "\n".join(lines)
 
 

@@ -130,3 +130,23 @@ def text_image_scores(model: TextImageModel, images: torch.Tensor, prompts: list
         pick = others[torch.randperm(len(others), generator=gen)[:k]]
         hits += int((sims[i, pick] < sims[i, own[i]]).all())
     return {"clip_score": clip_score, "r_precision": hits / len(own), "ranked_among": k + 1}
+
+
+@torch.no_grad()
+def ranked_first(model: TextImageModel, images: torch.Tensor, prompts: list[str], rivals: list[list[str]]) -> dict:
+    """The share of uint8 `images` whose own prompt scores above every one of its own `rivals`
+    (a list a prompt; an image without rivals is left out), and the chance of that, the mean of
+    1 / (rivals + 1)."""
+    keep = [i for i, r in enumerate(rivals) if r]
+    if not keep:
+        return {"share": None, "chance": None, "n": 0}
+    x = images[keep].float() / 255
+    img = torch.cat([model.embed_images(x[i:i + 500]) for i in range(0, len(x), 500)])
+    hits, chance = 0, 0.0
+    for row, i in enumerate(keep):
+        texts = [prompts[i], *rivals[i]]
+        sims = img[row] @ model.embed_texts(tokenize(texts, warn=False)).T
+        hits += int((sims[1:] < sims[0]).all())
+        chance += 1 / len(texts)
+    return {"share": hits / len(keep), "chance": chance / len(keep), "n": len(keep)}
+

@@ -257,7 +257,7 @@ def prompt_metrics(model, images: torch.Tensor, data: DataConfig | Splits, seed:
     were drawn with (training_prompts), beside the real held-out images' own (the floor) and
     unconditional samples' (chance); where the dataset holds out combinations of parts seen in
     training (emoji), the same for samples of those captions beside their real images."""
-    from genlab.metrics.clip import get_scorer, text_image_scores
+    from genlab.metrics.clip import get_scorer, ranked_first, text_image_scores
 
     splits = splits_of(data)
     train = splits.train
@@ -284,6 +284,15 @@ def prompt_metrics(model, images: torch.Tensor, data: DataConfig | Splits, seed:
         out["clip_score_combinations"] = {"value": mine["clip_score"], "floor": real["clip_score"], "better": "higher"}
         out["r_precision_combinations"] = {"value": mine["r_precision"], "floor": real["r_precision"],
                                            "better": "higher"}
+        # the harder part: ranked among the same subject's other training captions (emoji: the same
+        # emoji at the other skin tones), where only the combined part tells them apart
+        seen = sorted(set(train.caption_texts()))
+        rivals = [[c for c in seen if c != a and ", " in a and c.startswith(a.rsplit(", ", 1)[0] + ", ")]
+                  for a in asked]
+        mine, real = (ranked_first(scorer, x, asked, rivals) for x in (drawn, combined.images))
+        if mine["share"] is not None:
+            out["r_precision_combinations_part"] = {"value": mine["share"], "floor": real["share"],
+                                                    "chance": mine["chance"], "better": "higher"}
     return out
 
 

@@ -5,7 +5,8 @@ A 28x28 image becomes 7x7 = 49 tokens of a 256-code vocabulary (genlab.models.fi
 `vq`) instead of 784 pixels: attention over 49 positions is cheap, so on a CPU the same minutes buy
 many more steps and sampling 10,000 images with the key/value cache takes seconds. The rest is
 transformer.py unchanged: raster order over the grid, a start or class token, teacher forcing,
-temperature and top-k. Its likelihood is exact, of the tokens: it says how well the prior models
+temperature and top-k; with --text a prompt's encoded states as a prefix before the start token
+(as Parti and DALL-E put the text before the image tokens). Its likelihood is exact, of the tokens: it says how well the prior models
 the first stage's codes, and is not a likelihood of the pixels.
 """
 
@@ -37,6 +38,8 @@ class LatentTransformerConfig(FirstStageOptions):
     lr: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay of the weight matrices")
     conditional: bool = option(False, "class-conditional: the start token is a class token")
+    text: bool = option(False, "condition on the data's captions (text-to-image): a text encoder of its own whose "
+                        "states go before the tokens as a prefix; --label-dropout is prompt dropout")
     label_dropout: float = option(0.0, LABEL_DROPOUT)
     guidance: float = option(1.0, GUIDANCE, resumable=True)
     temperature: float = option(1.0, "sampling temperature (logits / T)", resumable=True)

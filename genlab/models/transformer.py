@@ -34,6 +34,7 @@ from genlab.config import option
 from genlab.core.runtime import LazyOptimizer, Runtime
 from genlab.errors import GenlabError
 from genlab.models import common
+from genlab.models.text import CONTEXT, TextCondition, TextEncoder, check_negative, check_tokens
 
 LEVELS = (2, 4, 8, 16, 256)
 # Classifier-free guidance (Ho & Salimans 2022) on next-token logits, as autoregressive image models
@@ -89,14 +90,19 @@ def check_sampling(temperature: float, top_k: int, levels: int) -> None:
 
 
 def check_guidance(config) -> None:
-    """A recipe's label dropout and guidance scale (the pixel and latent Transformers share them)."""
+    """A recipe's label dropout and guidance scale (the pixel and latent Transformers share them);
+    with --text the label dropout is prompt dropout."""
+    text = bool(getattr(config, "text", False))
+    if text and config.conditional:
+        raise GenlabError("--text and --conditional both condition the model: choose one (captions name the "
+                          "class where the data has one)")
     if not 0 <= config.label_dropout < 1:
         raise GenlabError(f"label_dropout must lie in [0, 1), got {config.label_dropout}")
-    if config.label_dropout and not config.conditional:
+    if config.label_dropout and not (config.conditional or text):
         raise GenlabError("--label-dropout trains a class-conditional model to also draw without a class: "
                           "give --conditional with it, or leave it out")
     if config.guidance != 1:
-        check_guided(config.guidance, bool(config.conditional and config.label_dropout))
+        check_guided(config.guidance, bool((config.conditional or text) and config.label_dropout))
 
 
 def check_guided(guidance: float, unconditional_known: bool) -> None:
@@ -137,6 +143,15 @@ class CausalSelfAttention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
+    def prime(self, x: torch.Tensor, cache: dict) -> torch.Tensor:
+        """A prefix (x [B, P, D], the prompt's states) at positions 0..P-1: its keys and values fill
+        the start of the cache; its outputs are forward's."""
+        B, P, D = x.shape
+        q, k, v = self._split(x)
+        cache["k"][:, :, :P], cache["v"][:, :, :P] = k, v
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, P, D))
+
     def step(self, x: torch.Tensor, cache: dict, t: int) -> torch.Tensor:
         """Position t alone (x [B, 1, D]): its key and value join the cache, its query attends to
         positions 0..t. No mask is needed: the cache holds only the past."""
@@ -169,11 +184,18 @@ class Block(nn.Module):
         x = x + self.attn.step(self.ln1(x), cache, t)
         return x + self.mlp(self.ln2(x))
 
+    def prime(self, x, cache):
+        x = x + self.attn.prime(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
+
 
 class PixelTransformer(nn.Module):
-    """tokens [B, T] (start token, then pixels 1..T-1) -> logits [B, T, levels]."""
+    """tokens [B, T] (start token, then pixels 1..T-1) -> logits [B, T, levels]. With `text`, a
+    prompt's token ids [B, CONTEXT] are encoded by a text encoder of its own and its states go
+    before the start token as a prefix every position attends to (the prefix LM of Parti and
+    DALL-E's text-then-image sequence); the logits are of the image positions only."""
 
-    def __init__(self, length: int, levels: int, starts: int, cfg: TransformerConfig):
+    def __init__(self, length: int, levels: int, starts: int, cfg: TransformerConfig, text: bool = False):
         super().__init__()
         self.length, self.levels = length, levels
         self.embed = nn.Embedding(levels + starts, cfg.d_model)  # levels, then the start/class tokens
@@ -184,17 +206,27 @@ class PixelTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, levels)
+        self.text = TextEncoder(cfg.d_model, heads=cfg.heads) if text else None
+        self.prefix = CONTEXT if text else 0  # positions the prompt takes before the start token
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         h = self.embed(tokens) + self.pos[:tokens.shape[1]]
+        if self.text is not None:
+            h = torch.cat([self.text(prompts)[0].to(h.dtype), h], 1)
         for block in self.blocks:
             h = block(h)
-        return self.head(self.ln_f(h))
+        return self.head(self.ln_f(h[:, self.prefix:]))
+
+    def prime(self, prompts: torch.Tensor, cache: list[dict]) -> None:
+        """Fill the cache's first positions with the prompt's (a text model, before step 0)."""
+        h = self.text(prompts)[0]
+        for block, c in zip(self.blocks, cache):
+            h = block.prime(h, c)
 
     def new_cache(self, batch: int, device) -> list[dict]:
         d = self.embed.embedding_dim
         nh = self.blocks[0].attn.heads
-        shape = (batch, nh, self.length, d // nh)
+        shape = (batch, nh, self.prefix + self.length, d // nh)
         # empty, not zeros: step t writes position t before anything reads it (0.4 s of 10,000 latent samples)
         return [{"k": torch.empty(shape, device=device), "v": torch.empty(shape, device=device)} for _ in self.blocks]
 
@@ -202,7 +234,7 @@ class PixelTransformer(nn.Module):
         """Logits [B, levels] of position t from the token at t [B] and the cache of 0..t-1."""
         h = self.embed(token)[:, None] + self.pos[t]
         for block, c in zip(self.blocks, cache):
-            h = block.step(h, c, t)
+            h = block.step(h, c, self.prefix + t)
         return self.head(self.ln_f(h))[:, 0]
 
 
@@ -232,7 +264,16 @@ class GuidedSampling(TransformerSampling):
     guidance: float = option(1.0, "classifier-free guidance scale: 1 the conditional model, 0 no class")
 
 
-class Transformer:
+@dataclass
+class PromptSampling(TransformerSampling):
+    """The options of a model trained on captions with prompt dropout: guidance and a negative prompt."""
+
+    guidance: float = option(1.0, "classifier-free guidance scale: 1 the prompt's model, 0 the empty prompt's")
+    negative_prompt: str = option("", "what guidance steers away from (the prompt of its unconditional branch; "
+                                  "empty: the unconditional model)")
+
+
+class Transformer(TextCondition):
     """A pixel Transformer as a genlab family: the network and one AdamW optimiser."""
 
     SamplingOptions = GuidedSampling
@@ -249,11 +290,15 @@ class Transformer:
         self.image_shape = tuple(image_shape)
         self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
         self.length, self.vocab = self.sequence()
+        # a prompt (--text) goes before the start token as a prefix; prompt dropout gives guidance's
+        # unconditional branch, the empty prompt
+        self.takes_text = bool(getattr(config, "text", False))
         # a model trained with label dropout has one start token more: "no class", after the classes
-        self.guidable = bool(self.conditional_classes and config.label_dropout)
-        starts = (self.conditional_classes or 1) + self.guidable
-        self.net = PixelTransformer(self.length, self.vocab, starts, config).to(self.device)
-        decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and not n.startswith(("embed", "pos"))]
+        self.guidable = bool((self.conditional_classes or self.takes_text) and config.label_dropout)
+        starts = (self.conditional_classes or 1) + (self.guidable and not self.takes_text)
+        self.net = PixelTransformer(self.length, self.vocab, starts, config, self.takes_text).to(self.device)
+        embeddings = ("embed", "pos", "text.tokens", "text.positions")
+        decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and not n.startswith(embeddings)]
         no_decay = [p for n, p in self.net.named_parameters() if not any(p is q for q in decay)]
         self.opt = LazyOptimizer(torch.optim.AdamW, [{"params": decay, "weight_decay": config.weight_decay},
                                                      {"params": no_decay, "weight_decay": 0.0}],
@@ -310,11 +355,15 @@ class Transformer:
         targets = self.tokens(images.to(self.device))
         y = labels if self.conditional_classes else None
         inputs = self._inputs(targets, y)
+        prompts = check_tokens(labels, len(targets), self.device) if self.takes_text else None
         if self.guidable:  # label dropout teaches the same net the unconditional distribution
             drop = rt.rand(len(inputs)) < self.config.label_dropout
-            inputs[drop, 0] = self.null_start
+            if self.takes_text:
+                prompts = self.drop_prompts(prompts, drop)  # the empty prompt
+            else:
+                inputs[drop, 0] = self.null_start
         with rt.autocast():
-            logits = self.net(inputs)
+            logits = self.net(inputs, prompts)
             loss = F.cross_entropy(logits.float().reshape(-1, self.vocab), targets.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         rt.backward(loss)
@@ -331,7 +380,9 @@ class Transformer:
         self.net.eval()
         try:
             targets = self.tokens(images.to(self.device))
-            logits = self.net(self._inputs(targets, labels)).float()
+            prompts = check_tokens(labels, len(targets), self.device) if self.takes_text else None
+            starts = None if self.takes_text else labels
+            logits = self.net(self._inputs(targets, starts), prompts).float()
             return torch.gather(logits.log_softmax(-1), 2, targets[..., None])[..., 0].cpu()
         finally:
             self.net.train(was)
@@ -345,11 +396,13 @@ class Transformer:
 
     @torch.no_grad()
     def generate(self, n: int, labels=None, generator: torch.Generator | None = None, temperature: float | None = None,
-                 top_k: int | None = None, cache: bool = True, record: bool = False, guidance: float | None = None):
+                 top_k: int | None = None, cache: bool = True, record: bool = False, guidance: float | None = None,
+                 negative_prompt: str = ""):
         """Tokens [n, T] (and, with `record`, each step's logits [n, T, levels]). One uniform per
         pixel is drawn up front from `generator` on the CPU, so a seed gives the same images with
         or without the cache and on any device. With guidance s != 1 every sequence is also run
-        from the "no class" token (twice the work) and drawn from l_u + s (l_c - l_u)."""
+        from the "no class" token (twice the work) and drawn from l_u + s (l_c - l_u); for a model
+        trained on captions (`labels`: token ids) from the empty prompt, or `negative_prompt`."""
         t_ = self.config.temperature if temperature is None else temperature
         k_ = self.config.top_k if top_k is None else top_k
         s_ = self.config.guidance if guidance is None else guidance
@@ -357,8 +410,12 @@ class Transformer:
         check_guided(s_, self.guidable)
         guided = s_ != 1  # only a model trained with label dropout gets past the check with it
         u = torch.rand(n, self.length, generator=generator).to(self.device)
-        starts = self._starts(labels, n)
-        if guided:
+        check_negative(self, negative_prompt)
+        prompts = check_tokens(labels, n, self.device) if self.takes_text else None
+        starts = self._starts(None if self.takes_text else labels, n)
+        if guided and self.takes_text:
+            starts, prompts = starts.repeat(2), torch.cat([prompts, self.uncond_like(prompts)])
+        elif guided:
             starts = torch.cat([starts, torch.full_like(starts, self.null_start)])
         tokens = torch.zeros(len(starts), self.length, dtype=torch.int64, device=self.device)
         trace = []
@@ -366,11 +423,13 @@ class Transformer:
         self.net.eval()
         try:
             kv = self.net.new_cache(len(starts), self.device) if cache else None
+            if cache and prompts is not None:
+                self.net.prime(prompts, kv)
             for t in range(self.length):
                 if cache:
                     logits = self.net.step(starts if t == 0 else tokens[:, t - 1], kv, t)
                 else:
-                    logits = self.net(torch.cat([starts[:, None], tokens[:, :t]], 1))[:, -1]
+                    logits = self.net(torch.cat([starts[:, None], tokens[:, :t]], 1), prompts)[:, -1]
                 if guided:
                     cond, uncond = logits.float().chunk(2)
                     logits = uncond + s_ * (cond - uncond)
@@ -385,6 +444,9 @@ class Transformer:
         return (tokens, torch.stack(trace, 1)) if record else tokens
 
     def sampling_defaults(self) -> TransformerSampling:
+        if self.takes_text and self.guidable:
+            return PromptSampling(temperature=self.config.temperature, top_k=self.config.top_k,
+                                  guidance=self.config.guidance)
         if not self.guidable:
             return TransformerSampling(temperature=self.config.temperature, top_k=self.config.top_k)
         return GuidedSampling(temperature=self.config.temperature, top_k=self.config.top_k,
@@ -400,7 +462,10 @@ class Transformer:
             raise GenlabError(f"this model takes no guidance: {TRAIN_GUIDABLE}")
         opts = common.sampling_options(self.sampling_defaults(), options)
         k = self.conditional_classes
-        labels = None if not k else (common.balanced_labels(n, k) if labels is None else torch.as_tensor(labels))
+        if self.takes_text:
+            labels = check_tokens(labels, n)  # no prompt: the empty one
+        else:
+            labels = None if not k else (common.balanced_labels(n, k) if labels is None else torch.as_tensor(labels))
         parts = []
         for start in range(0, n, self.sample_chunk):
             m = min(self.sample_chunk, n - start)

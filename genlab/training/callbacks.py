@@ -15,6 +15,7 @@ what the others did in the same step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -29,6 +30,7 @@ from genlab.core.runtime import LazyOptimizer
 from genlab.core.signals import StopRequest
 from genlab.errors import GenlabError
 from genlab.models.diagnosis import Diagnostics
+from genlab.models.text import tokenize
 
 
 class Callback:
@@ -247,19 +249,28 @@ class Logger(Callback):
 
 class Grids(Callback):
     """A grid from the same noise after every `grid_every` epochs (and where a run stopped mid-epoch),
-    so epochs can be compared image by image; for a conditional model one column per class."""
+    so epochs can be compared image by image; for a conditional model one column per class, for a
+    model trained on captions one row per example prompt (a few training captions drawn with the
+    seed, listed in samples/prompts.json, which the model card shows)."""
 
     name = "grids"
+    PROMPTS = "prompts.json"
 
     def __init__(self, run: Run, cfg: TrainConfig):
         self.run, self.cfg = run, cfg
         self.listeners: list = []  # called with (name, grid [H, W, C] uint8, step) (TensorBoard)
 
-    def draw(self, model, name: str, step: int) -> None:
+    def draw(self, model, name: str, step: int, data=None) -> None:
         fixed = torch.Generator().manual_seed(self.cfg.seed)
         k = model.conditional_classes
         n, nrow = (k * -(-self.cfg.grid_size // k), k) if k else (self.cfg.grid_size, None)
-        grid = make_grid(model.sample(n, generator=fixed), nrow)
+        labels = None
+        if getattr(model, "takes_text", False) and data is not None:
+            prompts = example_prompts(data.caption_texts(), min(EXAMPLE_PROMPTS, self.cfg.grid_size), self.cfg.seed)
+            nrow = max(1, self.cfg.grid_size // len(prompts))
+            n, labels = nrow * len(prompts), tokenize([p for p in prompts for _ in range(nrow)], warn=False)
+            (self.run / Run.SAMPLES / self.PROMPTS).write_text(json.dumps(prompts, indent=1) + "\n")
+        grid = make_grid(model.sample(n, labels=labels, generator=fixed), nrow)
         save_png(grid, self.run / Run.SAMPLES / f"{name}.png", scale=2)
         for listener in self.listeners:
             listener(name, grid, step)
@@ -267,11 +278,21 @@ class Grids(Callback):
     def on_step(self, trainer, logs) -> None:
         state = trainer.state
         if state.step % trainer.per_epoch == 0 and state.epoch % self.cfg.grid_every == 0:
-            self.draw(trainer.model, f"epoch_{state.epoch:03d}", state.step)
+            self.draw(trainer.model, f"epoch_{state.epoch:03d}", state.step, trainer.data)
 
     def on_end(self, trainer, status: str) -> None:
-        if trainer.state.step % trainer.per_epoch:
-            self.draw(trainer.model, "final", trainer.state.step)  # stopped mid-epoch: still show where it got to
+        if trainer.state.step % trainer.per_epoch:  # stopped mid-epoch: still show where it got to
+            self.draw(trainer.model, "final", trainer.state.step, trainer.data)
+
+
+EXAMPLE_PROMPTS = 4  # rows of a text model's grids
+
+
+def example_prompts(captions: list[str], k: int, seed: int) -> list[str]:
+    """`k` distinct captions of the data, drawn with `seed`: the prompts a text model's grids show."""
+    distinct = sorted(set(captions))
+    pick = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed))[:k]
+    return [distinct[i] for i in pick.tolist()]
 
 
 class Evaluation(Callback):

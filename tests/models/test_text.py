@@ -3,6 +3,7 @@ through cross-attention, classifier-free guidance on text and negative prompts, 
 of each, through the command line."""
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -253,3 +254,94 @@ def test_eval_scores_composition_on_a_datasets_held_out_combinations(tmp_path, s
     assert picked and all(len(p) == 24 for p in picked)
     for name in ("clip_score_combinations", "r_precision_combinations"):
         assert metrics[name]["value"] is not None and metrics[name]["floor"] is not None
+
+
+def test_serve_rates_prompt_image_pairs(text_run, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from genlab.serve import create_app
+
+    client = TestClient(create_app([text_run]))
+    name = text_run.name
+    params = {"run": name, "protocol": "prompt-match", "rater": "r1"}
+    first = client.get("/api/rate/next", params=params).json()
+    assert first["prompt"] in {f"{c} {s}" for c in COLOURS for s in ("square", "circle")} and len(first["images"]) == 2
+    assert first["images"][0] != first["images"][1]  # the same seed, drawn for two prompts
+    assert client.post("/api/rate/vote", json={"item": first["item"], "answer": "left", "rater": "r1"}).status_code == 200
+    second = client.get("/api/rate/next", params=params).json()
+    assert second["prompt"] != first["prompt"] or second["images"] != first["images"]  # the rater's next item
+    client.post("/api/rate/vote", json={"item": second["item"], "answer": "right", "rater": "r1"})
+    votes = [json.loads(line) for line in (text_run / "ratings.jsonl").read_text().splitlines()]
+    assert [v["protocol"] for v in votes] == ["prompt-match"] * 2 and all(v["truth"] in ("left", "right") for v in votes)
+    scores = client.get("/api/rate/scores", params={"run": name}).json()["scores"]["prompt_match"]
+    right = sum(v["answer"] == v["truth"] for v in votes)
+    assert scores["votes"] == 2 and scores["value"] == right / 2
+    (text_run / "ratings.jsonl").unlink()  # the module's other tests see the run unrated
+    bad = client.post("/api/rate/vote", json={"item": client.get("/api/rate/next", params=params).json()["item"],
+                                              "answer": "real", "rater": "r1"})
+    assert bad.status_code == 400 and "left or right" in bad.json()["detail"]
+
+
+def test_a_text_runs_grids_and_card_show_example_prompts(text_run):
+    prompts = json.loads((text_run / "samples" / "prompts.json").read_text())
+    captions = set(load_dataset(DataConfig(dataset="folder", data_dir=str(text_run.parent / "shapes"))).caption_texts())
+    assert 2 <= len(prompts) == len(set(prompts)) <= 4 and set(prompts) <= captions
+    card = (text_run / "README.md").read_text()
+    assert all(f"`{p}`" in card for p in prompts) and f"prompt={prompts[0]!r}" in card
+    shown = re.search(r"!\[samples\]\((samples/[\w.]+)\)", card).group(1)  # the grid the card shows
+    grid = np.asarray(Image.open(text_run / shown))
+    rows = grid.shape[0] // (2 * (28 + 2))  # 2x scale, 28 px images with 2 px padding
+    assert rows == len(prompts)  # one row a prompt
+
+
+LATENT_TRANSFORMER = ["--model", "latent-transformer", "--text", "--label-dropout", "0.2", "--d-model", "16",
+                      "--layers", "1", "--heads", "2", "--codebook-size", "32", "--first-stage-width", "16",
+                      "--first-stage-steps", "20", *TINY, "--checkpoint-every", "100"]
+
+
+def test_the_latent_transformer_reads_a_prompt_as_a_prefix(tmp_path):
+    import genlab
+    from tests.test_families import flat_state
+
+    folder = shapes_folder(tmp_path / "shapes")
+    data = ["--dataset", "folder", "--data-dir", str(folder)]
+    assert main(["train", *LATENT_TRANSFORMER, *data, "--steps", "8", "--out", str(tmp_path / "whole")]) == 0
+    model = genlab.load(tmp_path / "whole")
+    red = model.sample(4, seed=1, prompt="red square", guidance=2.0)
+    assert not torch.equal(red, model.sample(4, seed=1, prompt="blue circle", guidance=2.0))
+    assert torch.equal(model.sample(4, seed=1, prompt="red square", guidance=0.0), model.sample(4, seed=1, prompt=""))
+    assert not torch.equal(model.sample(4, seed=1, prompt="red square", guidance=2.0, negative_prompt="blue circle"),
+                           red)
+    family, ids = model.family, tokenize(["red square", "green circle", ""])
+    cached, recomputed = (family.generate(3, ids, torch.Generator().manual_seed(0), cache=c, guidance=2.0)
+                          for c in (True, False))
+    assert torch.equal(cached, recomputed)  # the primed cache holds what the prefix computes
+    images = load_dataset(DataConfig(dataset="folder", data_dir=str(folder))).images[:4]
+    own, other = (family.log_likelihood(images, tokenize([p] * 4)) for p in ("red square", "blue circle"))
+    assert not torch.equal(own, other)  # the prompt conditions the likelihood too
+    # resumed from step 3 to 8: the same bits as one session of 8 steps
+    assert main(["train", *LATENT_TRANSFORMER, *data, "--steps", "3", "--out", str(tmp_path / "split")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--steps", "8"]) == 0
+    whole, split = flat_state(tmp_path / "whole"), flat_state(tmp_path / "split")
+    assert whole.keys() == split.keys() and any(".text." in k for k in whole)
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_ranked_first_among_rivals_of_the_same_subject(tmp_path):
+    from genlab.metrics.clip import ClipRecipe, ranked_first, train_clip
+
+    folder = shapes_folder(tmp_path / "shapes", n=60)
+    data = load_dataset(DataConfig(dataset="folder", data_dir=str(folder)))
+    scorer = train_clip(data, ClipRecipe(steps=150, batch_size=32, width=8, dim=32), log=lambda *_: None)
+    captions = data.caption_texts()
+    # rivals: the same shape in the other two colours (chance 1/3), and none for the first image
+    rivals = [[] if i == 0 else [f"{c} {text.split()[1]}" for c in COLOURS if c != text.split()[0]]
+              for i, text in enumerate(captions)]
+    right = ranked_first(scorer, data.images, captions, rivals)
+    assert right["n"] == len(captions) - 1 and right["chance"] == pytest.approx(1 / 3)
+    assert right["share"] > 0.6
+    wrong = ranked_first(scorer, data.images, [r[0] if r else c for r, c in zip(rivals, captions)],
+                         [[c, r[1]] if r else [] for r, c in zip(rivals, captions)])
+    assert wrong["share"] < 1 / 3  # another colour's caption is not ranked above the right one
+    assert ranked_first(scorer, data.images[:2], captions[:2], [[], []])["share"] is None
