@@ -331,26 +331,27 @@ class DiffusionSampling:
                                       "guidance's unconditional branch; empty: none)")
 
 
-class Diffusion(TextCondition):
-    """A diffusion model as a genlab family: U-Net, its EMA, one Adam optimiser, the schedule."""
+class UNetFamily(TextCondition):
+    """What the diffusion and flow families share: a U-Net over the pixels (or, in their latent
+    forms, a first stage's latents) conditioned on a class or a prompt, its EMA, one Adam optimiser,
+    the count of steps, and their state."""
 
-    SamplingOptions = DiffusionSampling
-    x0_clip: float | None = 1.0  # the data's range: pixels lie in [-1, 1]
+    kind = "diffusion"  # the --model an unsuitable image size is reported for
 
     def space(self, image_shape) -> tuple[int, int, int]:
-        """The shape of what is diffused: the pixels themselves."""
-        common.check_image_size(image_shape, "diffusion")
+        """The shape of what is modelled: the pixels themselves."""
+        common.check_image_size(image_shape, self.kind)
         return tuple(image_shape)
 
     def to_space(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> what is diffused: pixels in [-1, 1]."""
+        """uint8 images -> what is modelled: pixels in [-1, 1]."""
         return to_unit(images.to(self.device))
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
-        """What was diffused -> images in [-1, 1]."""
+        """What was modelled -> images in [-1, 1]."""
         return x.clamp(-1, 1)
 
-    def __init__(self, config: DiffusionConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
+    def __init__(self, config, image_shape, num_classes: int, runtime: Runtime | None = None):
         self.config = config
         self.rt = runtime or Runtime()
         self.device = self.rt.device
@@ -363,12 +364,32 @@ class Diffusion(TextCondition):
         self.ema = EMA(self.unet, config.ema, warmup=True)  # early weights fade fast
         self.unet_ema = self.ema.net.eval()
         self.opt = LazyOptimizer(torch.optim.Adam, self.unet.parameters(), lr=config.lr)
-        self.schedule = Schedule(config.schedule, config.timesteps)
         self.steps = 0
-        self.last_nfe: int | None = None  # network evaluations (steps) of the latest sampling
+        self.last_nfe: int | None = None  # network evaluations of the latest sampling (guided: one)
 
     def nets(self) -> dict[str, nn.Module]:
         return {"unet": self.unet, "unet_ema": self.unet_ema}
+
+    def state_dict(self) -> dict:
+        return {"unet": self.unet.state_dict(), "unet_ema": self.unet_ema.state_dict(),
+                "opt": self.opt.state_dict(), "steps": torch.tensor(self.steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.unet.load_state_dict(state["unet"])
+        self.unet_ema.load_state_dict(state["unet_ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.steps = int(state["steps"])
+
+
+class Diffusion(UNetFamily):
+    """A diffusion model as a genlab family: U-Net, its EMA, one Adam optimiser, the schedule."""
+
+    SamplingOptions = DiffusionSampling
+    x0_clip: float | None = 1.0  # the data's range: pixels lie in [-1, 1]
+
+    def __init__(self, config: DiffusionConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
+        super().__init__(config, image_shape, num_classes, runtime)
+        self.schedule = Schedule(config.schedule, config.timesteps)
 
     # ---------------------------------------------------------------- training
 
@@ -534,12 +555,3 @@ class Diffusion(TextCondition):
 
     # ---------------------------------------------------------------- state
 
-    def state_dict(self) -> dict:
-        return {"unet": self.unet.state_dict(), "unet_ema": self.unet_ema.state_dict(),
-                "opt": self.opt.state_dict(), "steps": torch.tensor(self.steps)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.unet.load_state_dict(state["unet"])
-        self.unet_ema.load_state_dict(state["unet_ema"])
-        self.opt.load_state_dict(state["opt"])
-        self.steps = int(state["steps"])

@@ -22,15 +22,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from genlab.config import option
-from genlab.core.runtime import LazyOptimizer, Runtime
 from genlab.errors import GenlabError
 from genlab.models import common
-from genlab.models.common import EMA, to_uint8, to_unit
-from genlab.models.diffusion import UNet
-from genlab.models.text import TextCondition, check_negative, check_tokens
+from genlab.models.common import to_uint8
+from genlab.models.diffusion import UNetFamily
+from genlab.models.text import check_negative, check_tokens
 
 SAMPLERS = ("euler", "heun", "midpoint", "dopri5")
 EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}  # network evaluations a fixed step takes
@@ -140,40 +138,11 @@ class FlowSampling:
                                       "guidance's unconditional branch; empty: none)")
 
 
-class FlowMatching(TextCondition):
+class FlowMatching(UNetFamily):
     """A rectified flow as a genlab family: U-Net, its EMA, one Adam optimiser."""
 
     SamplingOptions = FlowSampling
-
-    def space(self, image_shape) -> tuple[int, int, int]:
-        """The shape of what flows: the pixels themselves."""
-        common.check_image_size(image_shape, "flow")
-        return tuple(image_shape)
-
-    def to_space(self, images: torch.Tensor) -> torch.Tensor:
-        return to_unit(images.to(self.device))
-
-    def to_images(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(-1, 1)
-
-    def __init__(self, config: FlowConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
-        self.config = config
-        self.rt = runtime or Runtime()
-        self.device = self.rt.device
-        self.image_shape = tuple(image_shape)
-        self.space_shape = self.space(self.image_shape)
-        c, h, _ = self.space_shape
-        self.conditional_classes = common.conditional_classes(config.conditional, num_classes)
-        self.takes_text = bool(config.text)
-        self.unet = UNet(c, config.width, self.conditional_classes, config.dropout, h, self.takes_text).to(self.device)
-        self.ema = EMA(self.unet, config.ema, warmup=True)
-        self.unet_ema = self.ema.net.eval()
-        self.opt = LazyOptimizer(torch.optim.Adam, self.unet.parameters(), lr=config.lr)
-        self.steps = 0
-        self.last_nfe: int | None = None  # network evaluations of the latest sampling (guided: one)
-
-    def nets(self) -> dict[str, nn.Module]:
-        return {"unet": self.unet, "unet_ema": self.unet_ema}
+    kind = "flow"
 
     # ---------------------------------------------------------------- training
 
@@ -289,17 +258,6 @@ class FlowMatching(TextCondition):
     def own_views(self) -> dict[str, tuple[torch.Tensor, int]]:
         return {"flow": self.flow_strip(rows=4)}
 
-    # ---------------------------------------------------------------- state
-
-    def state_dict(self) -> dict:
-        return {"unet": self.unet.state_dict(), "unet_ema": self.unet_ema.state_dict(),
-                "opt": self.opt.state_dict(), "steps": torch.tensor(self.steps)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.unet.load_state_dict(state["unet"])
-        self.unet_ema.load_state_dict(state["unet_ema"])
-        self.opt.load_state_dict(state["opt"])
-        self.steps = int(state["steps"])
 
 
 LIKELIHOOD_SEED = 0  # the dequantisation noise and the Hutchinson probes: the same for every call

@@ -35,13 +35,14 @@ class LatentDiffusionConfig(FirstStageOptions, DiffusionConfig):
         self.validate_first_stage()
 
 
-class LatentDiffusion(LatentPrior, Diffusion):
-    """Diffusion over a first stage's latents; samples decoded to images."""
+class LatentUNetPrior(LatentPrior):
+    """What latent diffusion and latent flow add to their pixel families (`class LatentX(LatentUNetPrior,
+    X)`): the U-Net models a first stage's latents, decoded to images at the end."""
 
-    x0_clip = None  # latents have no fixed range
+    kind: str
 
-    def __init__(self, config: LatentDiffusionConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
-        check_image_size(tuple(image_shape), "latent-diffusion")
+    def __init__(self, config, image_shape, num_classes: int, runtime: Runtime | None = None):
+        check_image_size(tuple(image_shape), self.kind)
         self.slot = FirstStageSlot(config.first_stage_settings(), image_shape, (runtime or Runtime()).device)
         super().__init__(config, image_shape, num_classes, runtime)
 
@@ -54,8 +55,13 @@ class LatentDiffusion(LatentPrior, Diffusion):
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.slot.model.decode(x)
 
-    # ---------------------------------------------------------------- the first stage
-
     def encode(self, images: torch.Tensor, labels=None) -> torch.Tensor:
         """The scaled latents of uint8 images, flattened [n, C h w]."""
         return self.slot.require().encode(images.to(self.device)).flatten(1).cpu()
+
+
+class LatentDiffusion(LatentUNetPrior, Diffusion):
+    """Diffusion over a first stage's latents; samples decoded to images."""
+
+    kind = "latent-diffusion"
+    x0_clip = None  # latents have no fixed range

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from genlab.config import option
-from genlab.core.runtime import Runtime
 from genlab.errors import GenlabError
-from genlab.models.common import check_image_size
-from genlab.models.first_stage import FirstStageOptions, FirstStageSlot, LatentPrior
+from genlab.models.first_stage import FirstStageOptions
 from genlab.models.flow import FlowConfig, FlowMatching
+from genlab.models.latent_diffusion import LatentUNetPrior
 
 
 @dataclass
@@ -36,23 +33,7 @@ class LatentFlowConfig(FirstStageOptions, FlowConfig):
                               "tokens are for latent-transformer)")
 
 
-class LatentFlow(LatentPrior, FlowMatching):
+class LatentFlow(LatentUNetPrior, FlowMatching):
     """A rectified flow over a first stage's latents; samples decoded to images."""
 
-    def __init__(self, config: LatentFlowConfig, image_shape, num_classes: int, runtime: Runtime | None = None):
-        check_image_size(tuple(image_shape), "latent-flow")
-        self.slot = FirstStageSlot(config.first_stage_settings(), image_shape, (runtime or Runtime()).device)
-        super().__init__(config, image_shape, num_classes, runtime)
-
-    def space(self, image_shape) -> tuple[int, int, int]:
-        return self.slot.model.latent_shape
-
-    def to_space(self, images: torch.Tensor) -> torch.Tensor:
-        return self.latents(images)
-
-    def to_images(self, x: torch.Tensor) -> torch.Tensor:
-        return self.slot.model.decode(x)
-
-    def encode(self, images: torch.Tensor, labels=None) -> torch.Tensor:
-        """The scaled latents of uint8 images, flattened [n, C h w]."""
-        return self.slot.require().encode(images.to(self.device)).flatten(1).cpu()
+    kind = "latent-flow"
