@@ -370,6 +370,35 @@ class UNetFamily(TextCondition):
     def nets(self) -> dict[str, nn.Module]:
         return {"unet": self.unet, "unet_ema": self.unet_ema}
 
+    def dropped(self, labels) -> torch.Tensor | None:
+        """A training batch's conditions with a share (--label-dropout) replaced by the unconditional
+        one, the empty prompt or 'no label', so that one net also learns to draw without them."""
+        rt, cfg = self.rt, self.config
+        if self.takes_text:
+            return self.drop_prompts(labels.to(self.device), rt.rand(len(labels)) < cfg.label_dropout)
+        if not self.conditional_classes:
+            return None
+        y = labels.to(self.device).clone()
+        y[rt.rand(len(y)) < cfg.label_dropout] = self.conditional_classes
+        return y
+
+    def optimise(self, loss: torch.Tensor) -> float:
+        """One Adam step on `loss`, then the EMA; the gradient norm."""
+        rt = self.rt
+        self.opt.zero_grad(set_to_none=True)
+        rt.backward(loss)
+        grad = rt.finish_grads("U-Net", self.unet, self.opt, loss)
+        rt.step(self.opt)
+        self.ema.update(self.unet, self.steps)
+        self.steps += 1
+        return grad
+
+    def condition(self, labels, n: int):
+        """Checked conditions of n samples: prompts' tokens (--text), class numbers, or None."""
+        if self.takes_text:
+            return check_tokens(labels, n, self.device)
+        return common.check_labels(labels, n, self.conditional_classes, self.device)
+
     def state_dict(self) -> dict:
         return {"unet": self.unet.state_dict(), "unet_ema": self.unet_ema.state_dict(),
                 "opt": self.opt.state_dict(), "steps": torch.tensor(self.steps)}
@@ -400,12 +429,7 @@ class Diffusion(UNetFamily):
         t = rt.randint(0, cfg.timesteps, len(x0))
         noise = rt.randn(*x0.shape)
         x_t = self.schedule.q_sample(x0, t, noise)
-        y = None
-        if self.takes_text:  # prompt dropout: the empty prompt is the unconditional model
-            y = self.drop_prompts(labels.to(self.device), rt.rand(len(labels)) < cfg.label_dropout)
-        elif self.conditional_classes:  # label dropout teaches the same net the unconditional eps
-            y = labels.to(self.device).clone()
-            y[rt.rand(len(y)) < cfg.label_dropout] = self.conditional_classes
+        y = self.dropped(labels)
         target = noise if cfg.prediction == "eps" else self.schedule.v_target(x0, t, noise)
         with rt.autocast():
             out = self.unet(x_t, t, y).float()
@@ -414,20 +438,9 @@ class Diffusion(UNetFamily):
             loss = (self.schedule.loss_weights(t, cfg.min_snr, cfg.prediction) * per_step).mean()
         else:
             loss = F.mse_loss(out, target)
-        self.opt.zero_grad(set_to_none=True)
-        rt.backward(loss)
-        grad = rt.finish_grads("U-Net", self.unet, self.opt, loss)
-        rt.step(self.opt)
-        self.ema.update(self.unet, self.steps)
-        self.steps += 1
-        return {"loss": loss.item(), "grad_norm": grad}
+        return {"loss": loss.item(), "grad_norm": self.optimise(loss)}
 
     # ---------------------------------------------------------------- sampling
-
-    def _labels(self, labels, n: int):
-        if self.takes_text:
-            return check_tokens(labels, n, self.device)
-        return common.check_labels(labels, n, self.conditional_classes, self.device)
 
     def null_like(self, y: torch.Tensor) -> torch.Tensor:
         """Guidance's unconditional condition: 'no label', or the empty (or negative) prompt."""
@@ -484,7 +497,7 @@ class Diffusion(UNetFamily):
         check_sampling(steps, eta, guidance, cfg.timesteps, low, high, sampler)
         if spacing not in SPACINGS:
             raise GenlabError(f"unknown spacing {spacing!r}; known: {', '.join(SPACINGS)}")
-        y = self._labels(labels, n)
+        y = self.condition(labels, n)
         check_negative(self, negative_prompt)
         x = torch.randn(n, *self.space_shape, generator=generator).to(self.device)
         ts = self.timesteps_for(sampler, steps, spacing)

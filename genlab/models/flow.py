@@ -28,7 +28,7 @@ from genlab.errors import GenlabError
 from genlab.models import common
 from genlab.models.common import to_uint8
 from genlab.models.diffusion import UNetFamily
-from genlab.models.text import check_negative, check_tokens
+from genlab.models.text import check_negative
 
 SAMPLERS = ("euler", "heun", "midpoint", "dopri5")
 EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}  # network evaluations a fixed step takes
@@ -162,30 +162,13 @@ class FlowMatching(UNetFamily):
         t = self.times(len(x0))
         tb = t.view(-1, *[1] * (x0.dim() - 1))
         x_t = (1 - tb) * x0 + tb * noise
-        y = None
-        if self.takes_text:  # prompt dropout: the empty prompt is the unconditional model
-            y = self.drop_prompts(labels.to(self.device), rt.rand(len(labels)) < cfg.label_dropout)
-        elif self.conditional_classes:  # label dropout teaches the same net the unconditional velocity
-            y = labels.to(self.device).clone()
-            y[rt.rand(len(y)) < cfg.label_dropout] = self.conditional_classes
+        y = self.dropped(labels)
         with rt.autocast():
             out = self.unet(x_t, t * TIME_SCALE, y).float()
         loss = F.mse_loss(out, noise - x0)
-        self.opt.zero_grad(set_to_none=True)
-        rt.backward(loss)
-        grad = rt.finish_grads("U-Net", self.unet, self.opt, loss)
-        rt.step(self.opt)
-        self.ema.update(self.unet, self.steps)
-        self.steps += 1
-        return {"loss": loss.item(), "grad_norm": grad}
+        return {"loss": loss.item(), "grad_norm": self.optimise(loss)}
 
     # ---------------------------------------------------------------- sampling
-
-    def condition(self, labels, n: int):
-        """Checked conditions of n samples: prompts' tokens (--text), class numbers, or None."""
-        if self.takes_text:
-            return check_tokens(labels, n, self.device)
-        return common.check_labels(labels, n, self.conditional_classes, self.device)
 
     def velocity(self, x: torch.Tensor, t: float, labels, guidance: float) -> torch.Tensor:
         """v(x, t) with the EMA weights; classifier-free guidance v_u + s (v_c - v_u) for a
