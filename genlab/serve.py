@@ -5,7 +5,8 @@ the sampling options of the run's family (temperature, top-k, DDIM steps, guidan
 interpolates between two seeds with a slider (families with a latent space), and downloads the grid
 as PNG. Its Rate view asks people what the metrics cannot: "real or fake?" one image at a time (half
 held-out real images, half samples, in an order fixed by seeds), or "A or B?" for two runs' samples
-of the same class side by side, or for a text run "which of two images shows this prompt?"; each vote is one line of RUN/ratings.jsonl (genlab.metrics.human
+of the same class side by side, or for a text run "which of two images shows this prompt?"; each
+vote is one line of RUN/ratings.jsonl (genlab.metrics.human
 scores them). Every endpoint checks its parameters and answers a bad one with a 4xx and one
 sentence; the server keeps serving. The page loads nothing from outside: its script and style are
 inline.

@@ -11,7 +11,8 @@ appears in both splits in another colour. The test split also holds a fixed set 
 whose parts are seen in training but not together: one skin tone of half the training emoji that
 come in tones (128 images), so that "waving hand sign, dark skin tone" is never trained on while
 the waving hand (in its other tones) and the dark tone (on other emoji) are; `combinations()` picks
-them out of the test split, where `genlab eval` scores a text model's composition. Graphics: Twemoji, (c) Twitter/X, CC-BY 4.0; the
+them out of the test split, where `genlab eval` scores a text model's composition.
+Graphics: Twemoji, (c) Twitter/X, CC-BY 4.0; the
 package's data: MIT.
 
 Where genlab looks: --data-dir (the .tgz, a folder holding it, or the unpacked package), then

@@ -341,7 +341,8 @@ def eval_command(opts: EvalOptions, log=print) -> dict:
                       channels=opts.channels, background=opts.background, crop=opts.crop)
     train = load_dataset(with_split(data, "train"))
     images = load_samples_file(opts.samples, train.shape[0], opts.background)
-    result = evaluate(images, data=Splits(data, train=train), features=opts.features, resize=opts.resize, seed=opts.seed, log=log)
+    result = evaluate(images, data=Splits(data, train=train), features=opts.features, resize=opts.resize,
+                      seed=opts.seed, log=log)
     return {**result, "samples": opts.samples}
 
 

@@ -6,7 +6,8 @@ A 28x28 image becomes 7x7 = 49 tokens of a 256-code vocabulary (genlab.models.fi
 many more steps and sampling 10,000 images with the key/value cache takes seconds. The rest is
 transformer.py unchanged: raster order over the grid, a start or class token, teacher forcing,
 temperature and top-k; with --text a prompt's encoded states as a prefix before the start token
-(as Parti and DALL-E put the text before the image tokens). Its likelihood is exact, of the tokens: it says how well the prior models
+(as Parti and DALL-E put the text before the image tokens). Its likelihood is exact, of the tokens:
+it says how well the prior models
 the first stage's codes, and is not a likelihood of the pixels.
 """
 
